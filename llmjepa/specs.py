@@ -149,6 +149,9 @@ class TrainSpec(Spec):
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="Where the run trains.")
     checkpoint_every: int = Field(0, ge=0, description="Steps between checkpoints; 0 writes only the last.")
     log_every: int = Field(10, gt=0, description="Steps between logged training metrics.")
+    grad_norm_every: int = Field(
+        50, ge=0, description="Steps between per-term gradient norms (an extra backward per term); 0 is off."
+    )
 
 
 class EvalSpec(Spec):
