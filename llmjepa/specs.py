@@ -160,8 +160,12 @@ class EvalSpec(Spec):
         150, gt=0, description="Steps between probe/alignment evaluations (step 0 and last always)."
     )
     collapse_size: int = Field(256, gt=1, description="Held-out images used for collapse metrics.")
-    probe_train: int = Field(768, gt=1, description="Held-out images the probes are fitted on.")
-    probe_test: int = Field(512, gt=1, description="Held-out images the probes are scored on.")
+    probe_train: int = Field(512, gt=1, description="Held-out images the probes are fitted on.")
+    probe_test: int = Field(384, gt=1, description="Held-out images the probes are scored on (+-0.025 at 384).")
+    text_size: int = Field(
+        256, gt=1, description="Test images (a prefix of the probe test set) scored for caption CE, "
+        "the image-use gap and retrieval."
+    )
     ridge: float = Field(1e-2, gt=0, description="Ridge penalty of the linear probe (on standardised features).")
     attentive_steps: int = Field(150, ge=0, description="Adam steps of the attentive probe; 0 is off.")
     knn: int = Field(10, gt=0, description="k of the mutual-kNN alignment.")
@@ -332,3 +336,98 @@ def describe(cls: type[Spec] = ExperimentSpec, prefix: str = "") -> list[tuple[s
             default = f.get_default(call_default_factory=True)
             rows.append((f"{prefix}{name}", repr(default), f.description or ""))
     return rows
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+class Distribution(Spec):
+    """An Optuna distribution for a tuned field."""
+
+    type: Literal["float", "int", "categorical"] = Field(description="Kind of distribution.")
+    low: float | None = Field(None, description="Lower bound (float, int).")
+    high: float | None = Field(None, description="Upper bound (float, int).")
+    log: bool = Field(False, description="Sample on a log scale.")
+    choices: list[Any] | None = Field(None, description="Values of a categorical.")
+
+    @model_validator(mode="after")
+    def _complete(self) -> "Distribution":
+        if self.type == "categorical" and not self.choices:
+            raise ValueError("a categorical needs choices")
+        if self.type != "categorical" and (self.low is None or self.high is None or self.low > self.high):
+            raise ValueError(f"a {self.type} distribution needs low <= high")
+        return self
+
+
+class Objective(Spec):
+    metric: str = Field(description="Metric key of the trial's final evaluation, e.g. probe/acc/mean/image/L4.")
+    direction: Literal["maximize", "minimize"] = Field("maximize", description="Which way is better.")
+
+
+class PrunerSpec(Spec):
+    kind: Literal["none", "collapse", "median"] = Field(
+        "none", description="none; collapse: stop collapsed trials; median: collapse plus Optuna's median rule."
+    )
+    after: int = Field(50, ge=0, description="No pruning before this step.")
+
+
+class Budget(Spec):
+    seeds: list[int] | None = Field(None, description="Seeds for this budget (replaces the sweep's).")
+    axes: dict[str, list[Any]] | None = Field(None, description="Axis values for this budget (replace the sweep's).")
+    extra_cells: list[dict[str, Any]] | None = Field(None, description="Extra cells for this budget.")
+    trials: int | None = Field(None, gt=0, description="Trials for a TPE sweep.")
+    set: dict[str, Any] = Field(default_factory=dict, description="Overrides for every trial under this budget.")
+
+
+class VerdictSpec(Spec):
+    """How the report decides the hypothesis from the data, stated before the data exist."""
+
+    metric: str = Field(description="The metric the hypothesis is about.")
+    axis: str = Field(description="The swept field whose effect is tested.")
+    reference: Any = Field(description="The axis value every other value is tested against.")
+    claim: list[Any] = Field(description="Axis values the hypothesis says are on the good side.")
+    threshold: float | None = Field(None, description="Good side boundary of the metric (e.g. the collapse line).")
+    better: Literal["higher", "lower"] = Field("higher", description="Which side of the threshold is good.")
+    within: dict[str, Any] = Field(default_factory=dict, description="Only cells with these values count.")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the Welch t-tests.")
+    gap_metric: str | None = Field(
+        "text/image_use_gap", description="Metric telling whether text used the image (per cell in the report)."
+    )
+    gap_min: float = Field(0.02, description="Smallest gap (nats per byte) that counts as the text using the image.")
+
+
+class SweepSpec(Spec):
+    name: str = Field(description="Short name; also the study and MLflow experiment name.")
+    question: str = Field(description="The open question, in a sentence.")
+    hypothesis: str = Field(description="What the sweep expects to find, stated before it runs.")
+    base: str | None = Field(None, description="Experiment YAML the trials start from (relative to the sweep file).")
+    set: dict[str, Any] = Field(default_factory=dict, description="Overrides of the base for every trial.")
+    sampler: Literal["grid", "tpe"] = Field("grid", description="grid: every cell x seed once; tpe: tuning.")
+    axes: dict[str, list[Any]] = Field(default_factory=dict, description="Grid axes: dotted field -> values.")
+    extra_cells: list[dict[str, Any]] = Field(
+        default_factory=list, description="Cells beyond the full grid (controls), as dotted field -> value."
+    )
+    search: dict[str, Distribution] = Field(default_factory=dict, description="TPE search space.")
+    seeds: list[int] = Field(default_factory=lambda: [0], description="Seeds per cell.")
+    objectives: list[Objective] = Field(min_length=1, description="Metrics Optuna records, with directions.")
+    pruner: PrunerSpec = Field(default_factory=PrunerSpec)
+    budgets: dict[str, Budget] = Field(default_factory=dict, description="Named budgets, e.g. quick and full.")
+    verdict: VerdictSpec | None = Field(None, description="How the report turns the data into a verdict.")
+    report_metrics: list[str] = Field(
+        default_factory=lambda: [
+            "collapse/rankme/image/target", "collapse/erank/image/target", "collapse/ln_std_mean/image/target",
+            "collapse/rms/image/target", "probe/acc/mean/image/L4", "text/image_use_gap",
+        ],
+        description="Metrics tabulated per cell in the report.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SweepSpec":
+        if self.sampler == "grid" and not self.axes and not self.extra_cells:
+            raise ValueError("a grid sweep needs axes or extra_cells")
+        if self.sampler == "tpe" and not self.search:
+            raise ValueError("a tpe sweep needs a search space")
+        for name, values in self.axes.items():
+            if not values:
+                raise ValueError(f"axis {name} has no values")
+        return self

@@ -90,18 +90,26 @@ def init_weights(module: nn.Module, depth: int) -> None:
 @dataclass
 class Output:
     hidden: list[torch.Tensor]  # depth + 1 tensors (B, L, D): embeddings, then each block's output
-    logits: torch.Tensor  # (B, L, V)
+    logits: torch.Tensor | None  # (B, L, V); None when not asked for
 
 
 class PatchEmbed(nn.Module):
-    """Image (I, C, H, W) -> (I, N, D) with a convolution whose kernel equals its stride."""
+    """Image (I, C, H, W) in [0, 1] -> (I, N, D) with a convolution whose kernel equals its stride.
+
+    Pixels are centred and the kernel is fan-in scaled so that patch content, not the shared
+    position embedding, dominates the tokens at initialisation (otherwise every image pools to
+    nearly the same vector and RankMe starts near 1)."""
 
     def __init__(self, channels: int, patch: int, dim: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, dim, kernel_size=patch, stride=patch)
 
+    def reset(self) -> None:
+        nn.init.normal_(self.conv.weight, std=self.conv.weight[0].numel() ** -0.5)
+        nn.init.zeros_(self.conv.bias)
+
     def forward(self, x):
-        return self.conv(x).flatten(2).transpose(1, 2)  # (I, N, D)
+        return self.conv((x - 0.5) / 0.25).flatten(2).transpose(1, 2)  # (I, N, D)
 
 
 class Transformer(nn.Module):
@@ -116,6 +124,8 @@ class Transformer(nn.Module):
         self.ln_f = nn.LayerNorm(D)
         self.lm_head = nn.Linear(D, vocab_size, bias=False)
         init_weights(self, spec.depth)
+        for pe in self.patch_embed.values():
+            pe.reset()
 
     def embed(self, batch: Batch) -> torch.Tensor:
         x = self.tok_emb(batch.tokens)  # (B, L, D)
@@ -136,7 +146,7 @@ class Transformer(nn.Module):
             return create_block_mask(mod, B, None, L, L, device=batch.tokens.device)
         return dense_mask(batch.segment, batch.role, batch.modality)  # (B, 1, L, L)
 
-    def forward(self, batch: Batch) -> Output:
+    def forward(self, batch: Batch, logits: bool = True) -> Output:
         x = self.embed(batch)  # (B, L, D)
         mask = self.attention_mask(batch)
         rope = rope_tables(batch.position, self.spec.dim // self.spec.heads, self.spec.rope_base)
@@ -144,4 +154,21 @@ class Transformer(nn.Module):
         for block in self.blocks:
             x = block(x, mask, rope)
             hidden.append(x)
-        return Output(hidden=hidden, logits=self.lm_head(self.ln_f(x)))  # logits (B, L, V)
+        return Output(hidden=hidden, logits=self.lm_head(self.ln_f(x)) if logits else None)  # (B, L, V)
+
+
+def flops_per_step(model: Transformer, predictor: nn.Module, batch: Batch, ema: bool = False) -> float:
+    """Training FLOPs of one step: 6 x matmul parameters x tokens, plus 12 x L^2 x D per layer
+    for attention (forward and backward), for the model, the predictor and an EMA forward."""
+    B, L = batch.shape
+    D, depth = model.spec.dim, model.spec.depth
+    mat = sum(p.numel() for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n)
+    tokens = B * L
+    f = 6 * mat * tokens + 12 * depth * B * L * L * D
+    P, S = batch.pair_ctx.shape[0], batch.pair_ctx.shape[1] + batch.pair_tgt.shape[1]
+    pmat = sum(p.numel() for p in predictor.parameters() if p.dim() >= 2)
+    Dp = predictor.mask_token.shape[0]
+    f += 6 * pmat * P * S + 12 * len(predictor.blocks) * P * S * S * Dp
+    if ema:
+        f += 2 * mat * tokens + 4 * depth * B * L * L * D
+    return float(f)
