@@ -7,7 +7,9 @@ tables) and the figures; reads the data through ``results`` and decides through
 
 from __future__ import annotations
 
+import functools
 import math
+import numbers
 import re
 import textwrap
 from dataclasses import dataclass
@@ -19,6 +21,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.lines import Line2D
+from matplotlib.textpath import text_to_path
 
 from llmjepa import results, tracking
 from llmjepa.metrics import mean_ci
@@ -32,7 +37,6 @@ MARGIN = 0.6
 TOP, BOTTOM = PAGE_H - 0.55, 0.75
 TEXT_W = PAGE_W - 2 * MARGIN
 MONO_ADVANCE = 0.602  # DejaVu Sans Mono advance width in em
-SANS_ADVANCE = 0.58  # generous average for DejaVu Sans, so wrapped lines never overflow
 MIN_MONO, MAX_MONO = 6.5, 9.0
 PANELS_PER_PAGE = 6
 CELL_WIDTH = 60  # widest cell label in the cell table before labels shorten and wrap
@@ -72,7 +76,7 @@ class _Book:
     def finish(self, footer: str) -> None:
         total = len(self.figures)
         for i, fig in enumerate(self.figures, 1):
-            fig.text(MARGIN / PAGE_W, 0.3 / PAGE_H, footer, fontsize=7, color="#666666")
+            fig.text(MARGIN / PAGE_W, 0.3 / PAGE_H, _fit(footer, TEXT_W - 1.2, 7), fontsize=7, color="#666666")
             fig.text(1 - MARGIN / PAGE_W, 0.3 / PAGE_H, f"page {i} of {total}", fontsize=7, color="#666666",
                      ha="right")
 
@@ -85,7 +89,8 @@ class _Flow:
     def _new_page(self, continued: bool) -> None:
         self.fig = self.book.page()
         self.y = TOP
-        self.line(self.title + (" (continued)" if continued else ""), size=15, weight="bold")
+        title = self.title + (" (continued)" if continued else "")
+        self.line(_fit(title, TEXT_W, 15, "bold"), size=15, weight="bold")
         self.space(0.1)
 
     def _fits(self, height: float) -> bool:
@@ -106,16 +111,17 @@ class _Flow:
         self.y -= height
 
     def paragraph(self, text: str, size: float = 10, label: str | None = None, indent: float = 0.0) -> None:
-        width = _chars(TEXT_W - indent, size, SANS_ADVANCE)
         first = f"{label}: " if label else ""
-        lines = textwrap.wrap(first + text, width=width, break_long_words=True, break_on_hyphens=False) or [""]
-        for line in lines:
+        for line in _wrap(first + text, TEXT_W - indent, size) or [""]:
             self.line(line, size=size, x=indent)
 
     def table(self, header: list[str], body: list[list[str]]) -> None:
         """Fixed-width rows of one or more lines; a row never splits across pages and the
         header repeats on every page the table reaches."""
         size = _mono_size(max(len(x) for x in header + [line for row in body for line in row]))
+        fits = int(TEXT_W * 72 / (MONO_ADVANCE * size))
+        header = [x if len(x) <= fits else x[: fits - 1] + "…" for x in header]
+        body = [[x if len(x) <= fits else x[: fits - 1] + "…" for x in row] for row in body]
         height = size * 1.3 / 72
         self._ensure(height * (len(header) + sum(len(r) for r in body[:3])))
         for line in header:
@@ -129,8 +135,42 @@ class _Flow:
                 self.line(line, size=size, mono=True)
 
 
-def _chars(width_in: float, size: float, advance: float) -> int:
-    return max(10, int(width_in * 72 / (size * advance)))
+@functools.lru_cache(maxsize=4096)
+def _text_width(text: str, size: float, weight: str = "normal") -> float:
+    """Width in inches of ``text`` set in DejaVu Sans at ``size`` points (FreeType layout)."""
+    if not text:
+        return 0.0
+    prop = FontProperties(family="DejaVu Sans", weight=weight, size=size)
+    width, _, _ = text_to_path.get_text_width_height_descent(text, prop, ismath=False)
+    return width / 72
+
+
+def _wrap(text: str, width: float, size: float) -> list[str]:
+    """Greedy word wrap by measured width (inches); over-long words are cut."""
+    lines: list[str] = []
+    current = ""
+    for word in text.split():
+        trial = f"{current} {word}" if current else word
+        if _text_width(trial, size) <= width:
+            current = trial
+            continue
+        if current:
+            lines.append(current)
+        while _text_width(word, size) > width and len(word) > 1:
+            cut = max(1, int(len(word) * width / _text_width(word, size)) - 1)
+            lines.append(word[:cut])
+            word = word[cut:]
+        current = word
+    return lines + ([current] if current else [])
+
+
+def _fit(text: str, width: float, size: float, weight: str = "normal") -> str:
+    """``text`` shortened with an ellipsis to fit ``width`` inches."""
+    if _text_width(text, size, weight) <= width:
+        return text
+    while len(text) > 1 and _text_width(text + "…", size, weight) > width:
+        text = text[:-1]
+    return text + "…"
 
 
 def _mono_size(chars: int) -> float:
@@ -203,6 +243,7 @@ def _budget_view(sweep: SweepSpec, budget: str) -> dict[str, Any]:
     axes = dict(sweep.axes)
     if b is not None and b.axes:
         axes.update(b.axes)
+    axes = {name: [results.hashable(v) for v in values] for name, values in axes.items()}
     return {
         "axes": axes,
         "seeds": b.seeds if b is not None and b.seeds is not None else sweep.seeds,
@@ -213,11 +254,11 @@ def _budget_view(sweep: SweepSpec, budget: str) -> dict[str, Any]:
 
 
 def _plot_axis(sweep: SweepSpec, view: dict, axes: list[str]) -> str | None:
+    """The verdict's axis, else the first swept field."""
     if sweep.verdict is not None:
         return sweep.verdict.axis
-    for name in list(view["axes"]) + axes:
-        return name
-    return None
+    names = list(view["axes"]) + axes
+    return names[0] if names else None
 
 
 def _order_runs(runs: pd.DataFrame, order: dict[str, list], axes: list[str]) -> pd.DataFrame:
@@ -348,7 +389,8 @@ def _cell_pages(book: _Book, runs: pd.DataFrame, metrics: list[str]) -> None:
         if all(t == "-" for t in texts):
             texts = ["not recorded"] * len(texts)
         width = max(14, max(len(t) for t in texts))
-        columns.append((_wrap_name(m, width), texts, width))
+        header = _wrap_name(m, width)
+        columns.append((header, texts, max(width, *(len(x) for x in header.split("\n")))))
     budget = int(TEXT_W * 72 / (MONO_ADVANCE * 7.0))  # characters per line at 7 pt
     groups, current, used = [], [], cell_w + 2 + 3 + 2 + 4
     for col in columns:
@@ -380,116 +422,164 @@ def _label(values: dict[str, Any]) -> str:
     return ", ".join(f"{short_name(k)}={fmt_value(v)}" for k, v in values.items())
 
 
-def _not_recorded(ax, what: str = "not recorded") -> None:
-    ax.text(0.5, 0.5, what, ha="center", va="center", transform=ax.transAxes, fontsize=10, color="#777777")
+def _not_recorded(ax) -> None:
+    ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes, fontsize=10,
+            color="#777777")
     ax.set_xticks([])
     ax.set_yticks([])
 
 
+def _cells(runs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    """One row per cell, in run order: the cell key and its axis values."""
+    if runs.empty:
+        return pd.DataFrame(columns=["cell"] + axes)
+    return runs.groupby("cell", sort=False)[axes].first().reset_index() if axes else \
+        pd.DataFrame({"cell": list(dict.fromkeys(runs["cell"]))})
+
+
 class _Styles:
-    """Colour by the plot axis value, line style and marker by the combination of the other axes."""
+    """Few combinations of the other axes: colour by the plot axis value, marker and line style
+    by the combination. More than markers can tell apart: one distinct style per cell."""
 
     LINES = ["-", "--", ":", "-."]
     MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 
     def __init__(self, cells: pd.DataFrame, x: str | None, others: list[str]):
-        self.x = x
-        xs = list(dict.fromkeys(cells[x])) if x else []
-        self.x_index = {i: v for i, v in enumerate(xs)}
-        cmap = matplotlib.colormaps["viridis"]
-        self.x_colours = [cmap(0.85 * i / max(1, len(xs) - 1)) for i in range(len(xs))]
-        self.combos = list(dict.fromkeys(tuple(r) for r in cells[others].itertuples(index=False))) if others else [()]
-        self.others = others
-
-    def _x_pos(self, value: Any) -> int:
-        for i, v in self.x_index.items():
-            if same_value(v, value):
-                return i
-        return 0
+        self.x, self.others = x, others
+        self.cells = list(cells["cell"])
+        self.xs = list(dict.fromkeys(cells[x])) if x in cells.columns else []
+        self.combos = list(dict.fromkeys(tuple(r) for r in cells[others].itertuples(index=False))) or [()]
+        self.distinct = len(self.combos) <= len(self.MARKERS)
 
     def combo(self, combo: tuple) -> dict:
         i = self.combos.index(combo) if combo in self.combos else 0
-        return {"linestyle": self.LINES[i % len(self.LINES)], "marker": self.MARKERS[i % len(self.MARKERS)],
-                "color": f"C{i % 10}"}
+        return {"color": f"C{i % 10}", "linestyle": self.LINES[i % len(self.LINES)],
+                "marker": self.MARKERS[i % len(self.MARKERS)]}
 
     def cell(self, row: pd.Series) -> dict:
-        style = self.combo(tuple(row[o] for o in self.others))
-        if self.x:
-            style["color"] = self.x_colours[self._x_pos(row[self.x])]
-        return style
+        if self.distinct and self.xs:
+            style = self.combo(tuple(row[o] for o in self.others))
+            pos = next((i for i, v in enumerate(self.xs) if same_value(v, row[self.x])), 0)
+            style["color"] = matplotlib.colormaps["viridis"](0.85 * pos / max(1, len(self.xs) - 1))
+            return style
+        i = self.cells.index(row["cell"])
+        return {"color": matplotlib.colormaps["tab20"](i % 20), "linestyle": self.LINES[i // 20 % len(self.LINES)],
+                "marker": self.MARKERS[i % len(self.MARKERS)]}
 
 
-def _legend(fig: Figure, handles: list, labels: list[str], bottom: float = 0.02) -> None:
-    if not handles:
-        return
-    longest = max(len(s) for s in labels)
-    ncol = max(1, min(len(labels), int(TEXT_W / max(1.0, longest * 8 * SANS_ADVANCE / 72 + 0.6))))
-    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False,
-               bbox_to_anchor=(0.5, bottom + 0.3 / PAGE_H))
+@dataclass
+class _LegendLayout:
+    where: str  # "bottom", "right" or "none"
+    size: float = 8.0
+    ncol: int = 1
+    width: float = 0.0  # inches taken on the right
+    height: float = 0.0  # inches taken at the bottom
+    max_rows: int = 0
+    text_width: float = 0.0  # inches for a label on the right
 
 
-def _legend_rows(labels: list[str]) -> int:
+def _row_height(size: float) -> float:
+    return 1.65 * size / 72
+
+
+def _legend_layout(labels: list[str], top: float) -> _LegendLayout:
+    """Bottom when the labels fit in four rows, else a column on the right."""
     if not labels:
-        return 0
-    longest = max(len(s) for s in labels)
-    ncol = max(1, min(len(labels), int(TEXT_W / max(1.0, longest * 8 * SANS_ADVANCE / 72 + 0.6))))
-    return math.ceil(len(labels) / ncol)
+        return _LegendLayout("none")
+    size = 8.0
+    entry = max(_text_width(s, size) for s in labels) + 4.8 * size / 72  # handle, pad, column gap
+    ncol = max(1, min(len(labels), int(TEXT_W // entry)))
+    rows = math.ceil(len(labels) / ncol)
+    if rows <= 4:
+        return _LegendLayout("bottom", size, ncol, height=rows * _row_height(size) + 0.15)
+    size = 7.0
+    text_width = min(0.4 * TEXT_W - 2.8 * size / 72, max(_text_width(s, size) for s in labels))
+    max_rows = int((top - BOTTOM) / _row_height(size))
+    return _LegendLayout("right", size, 1, width=text_width + 2.8 * size / 72, text_width=text_width,
+                         max_rows=max_rows)
 
 
-def _grid(fig: Figure, n: int, legend_rows: int, title: str):
-    cols = 3 if n > 4 else max(1, n if n <= 2 else 2)
-    rows = math.ceil(n / cols)
-    bottom = (0.75 + 0.18 * legend_rows) / PAGE_H + 0.06
-    fig.suptitle(title, x=MARGIN / PAGE_W, y=1 - 0.45 / PAGE_H, ha="left", fontsize=13, fontweight="bold")
-    fig.subplots_adjust(left=0.07, right=0.98, top=1 - 1.0 / PAGE_H, bottom=bottom, wspace=0.28,
-                        hspace=0.45)
-    return [fig.add_subplot(rows, cols, i + 1) for i in range(n)]
+def _plot_page(book: _Book, title: str, n: int, labels: list[str]):
+    """A page with ``n`` panels arranged for a landscape-friendly aspect and room for the legend."""
+    fig = book.page()
+    fig.text(MARGIN / PAGE_W, TOP / PAGE_H, title, fontsize=13, fontweight="bold", va="top")
+    top = PAGE_H - 1.05
+    legend = _legend_layout(labels, top)
+    left, right = 0.85, PAGE_W - MARGIN - (legend.width + 0.3 if legend.where == "right" else 0.0)
+    bottom = BOTTOM + 0.5 + legend.height
+    n = max(1, n)
+    col_gap, row_gap = 0.8, 1.0  # inches: tick labels, axis label and the next panel's title
+    best = None
+    for cols in range(1, min(n, 3) + 1):
+        rows = math.ceil(n / cols)
+        w = (right - left - (cols - 1) * col_gap) / cols
+        h = (top - bottom - (rows - 1) * row_gap) / rows
+        score = (abs(math.log(w / h / 1.45)), rows)
+        best = min(best or (score, rows, cols, w, h), (score, rows, cols, w, h))
+    _, rows, cols, w, h = best
+    grid = fig.add_gridspec(rows, cols, left=left / PAGE_W, right=right / PAGE_W, top=top / PAGE_H,
+                            bottom=bottom / PAGE_H, wspace=col_gap / w, hspace=row_gap / h)
+    panels = [fig.add_subplot(grid[i // cols, i % cols]) for i in range(n)]
+    return fig, panels, legend
 
 
-def _cells(runs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
-    """One row per cell: its axis values, in run order."""
-    return runs.groupby("cell", sort=False)[axes].first().reset_index() if axes else \
-        runs.groupby("cell", sort=False).size().reset_index()[["cell"]]
+def _place_legend(fig: Figure, layout: _LegendLayout, handles: dict[str, Any]) -> None:
+    if layout.where == "none" or not handles:
+        return
+    labels, items = list(handles), list(handles.values())
+    if layout.where == "bottom":
+        fig.legend(items, labels, loc="lower center", ncol=layout.ncol, fontsize=layout.size, frameon=False,
+                   bbox_to_anchor=(0.5, BOTTOM / PAGE_H))
+        return
+    labels = [_fit(s, layout.text_width, layout.size) for s in labels]
+    if len(labels) > layout.max_rows:
+        keep = layout.max_rows - 1
+        more = len(labels) - keep
+        labels = labels[:keep] + [f"… and {more} more (see the cell table)"]
+        items = items[:keep] + [Line2D([], [], linestyle="none")]
+    x = (PAGE_W - MARGIN - layout.width) / PAGE_W
+    fig.legend(items, labels, loc="upper left", fontsize=layout.size, frameon=False, borderaxespad=0,
+               bbox_to_anchor=(x, (PAGE_H - 1.05) / PAGE_H))
+
+
+def _finished_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs[runs["status"].eq("finished")] if not runs.empty else runs
 
 
 def _metric_plots(book: _Book, runs: pd.DataFrame, metrics: list[str], x: str | None, axes: list[str],
                   order: dict, threshold: tuple[str, float] | None) -> None:
-    done = runs[runs["status"].eq("finished")] if not runs.empty else runs
+    done = _finished_runs(runs)
     others = [a for a in axes if a != x]
-    cells = _cells(runs, axes) if not runs.empty else pd.DataFrame(columns=["cell"] + axes)
-    combos = list(dict.fromkeys(tuple(r) for r in cells[others].itertuples(index=False))) if others else [()]
-    styles = _Styles(cells, x, others) if x else None
+    cells = _cells(runs, axes)
+    styles = _Styles(cells, x, others)
+    combos = styles.combos
     labels = [_label(dict(zip(others, c))) or "all cells" for c in combos]
+    values = list(dict.fromkeys(list(order.get(x, [])) + (list(cells[x]) if x in cells.columns else [])))
+    numeric = all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values)
     pages = [metrics[i:i + PANELS_PER_PAGE] for i in range(0, len(metrics), PANELS_PER_PAGE)] or [[]]
-    xs_order = order.get(x, []) if x else []
+    title = (f"Report metrics against {x}" if x else "Report metrics") + " (mean ± 95% CI over finished seeds)"
     for page_metrics in pages:
-        fig = book.page()
-        title = f"Report metrics against {x}" if x else "Report metrics"
-        legend_rows = _legend_rows(labels) if len(combos) > 1 else 0
-        panels = _grid(fig, max(1, len(page_metrics)), legend_rows, title + " (mean ± 95% CI over finished seeds)")
-        handles = {}
+        fig, panels, legend = _plot_page(book, title, len(page_metrics), labels if len(combos) > 1 else [])
+        handles: dict[str, Any] = {}
         for ax, metric in zip(panels, page_metrics):
             ax.set_title(metric)
-            if x is None or done.empty or metric not in done.columns or done[metric].isna().all():
+            if x not in done.columns or metric not in done.columns or done[metric].isna().all():
                 _not_recorded(ax)
                 continue
-            values = list(dict.fromkeys(list(xs_order) + list(cells[x])))
-            numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values if v is not None)
             for combo, label in zip(combos, labels):
+                sel = done
+                for o, c in zip(others, combo):
+                    sel = matching(sel, o, c)
                 pts = []
-                for value in values:
-                    sel = matching(done, x, value)
-                    for o, c in zip(others, combo):
-                        sel = matching(sel, o, c)
-                    vals = pd.to_numeric(sel[metric], errors="coerce").dropna()
+                for i, value in enumerate(values):
+                    vals = pd.to_numeric(matching(sel, x, value)[metric], errors="coerce").dropna()
                     if len(vals):
                         mean, ci = mean_ci(list(vals))
-                        pos = float(value) if numeric else values.index(value)
-                        pts.append((pos, mean, 0.0 if math.isnan(ci) else ci))
+                        pts.append((float(value) if numeric else i, mean, 0.0 if math.isnan(ci) else ci))
                 if pts:
                     p, m, e = zip(*pts)
-                    h = ax.errorbar(p, m, yerr=e, capsize=3, ms=4, lw=1.2, **styles.combo(combo))
-                    handles.setdefault(label, h)
+                    handles.setdefault(label, ax.errorbar(p, m, yerr=e, capsize=3, ms=4, lw=1.2,
+                                                          **styles.combo(combo)))
             if not numeric:
                 ax.set_xticks(range(len(values)))
                 ax.set_xticklabels([fmt_value(v) for v in values], rotation=20)
@@ -497,10 +587,7 @@ def _metric_plots(book: _Book, runs: pd.DataFrame, metrics: list[str], x: str | 
                 ax.axhline(threshold[1], color="#c62828", lw=0.8, ls="--")
             ax.set_xlabel(short_name(x))
             ax.grid(alpha=0.3)
-        for ax in panels[len(page_metrics):]:
-            ax.set_visible(False)
-        if len(combos) > 1:
-            _legend(fig, list(handles.values()), list(handles.keys()))
+        _place_legend(fig, legend, handles if len(combos) > 1 else {})
 
 
 def _mean_curve(histories: list[list[tuple[int, float]]]) -> tuple[list[int], list[float]]:
@@ -513,16 +600,18 @@ def _mean_curve(histories: list[list[tuple[int, float]]]) -> tuple[list[int], li
     return steps, [float(np.mean(by_step[s])) for s in steps]
 
 
-def _curve_page(book: _Book, uri: str, runs: pd.DataFrame, keys: list[str], x: str | None,
-                axes: list[str]) -> None:
-    fig = book.page()
-    done = runs[runs["status"].eq("finished")] if not runs.empty else runs
-    cells = _cells(done, axes) if not done.empty else pd.DataFrame(columns=["cell"] + axes)
-    others = [a for a in axes if a != x]
-    styles = _Styles(cells, x if x in axes else None, others)
-    labels = [_label({a: r[a] for a in axes}) or r["cell"] for _, r in cells.iterrows()]
-    panels = _grid(fig, len(keys), _legend_rows(labels), "Over training: mean over finished seeds per cell")
-    handles = {}
+def _cell_labels(cells: pd.DataFrame, axes: list[str]) -> list[str]:
+    return [_label({a: r[a] for a in axes}) or r["cell"] for _, r in cells.iterrows()]
+
+
+def _curve_page(book: _Book, uri: str, runs: pd.DataFrame, keys: list[str], x: str | None, axes: list[str],
+                threshold: tuple[str, float] | None) -> None:
+    done = _finished_runs(runs)
+    cells = _cells(done, axes)
+    styles = _Styles(cells, x if x in axes else None, [a for a in axes if a != x])
+    labels = _cell_labels(cells, axes)
+    fig, panels, legend = _plot_page(book, "Over training: mean over finished seeds per cell", len(keys), labels)
+    handles: dict[str, Any] = {}
     for ax, key in zip(panels, keys):
         ax.set_title(key)
         histories = results.curves(uri, list(done["run_id"]), key) if not done.empty else {}
@@ -531,28 +620,27 @@ def _curve_page(book: _Book, uri: str, runs: pd.DataFrame, keys: list[str], x: s
             ids = done.loc[done["cell"] == row["cell"], "run_id"]
             steps, values = _mean_curve([histories.get(i, []) for i in ids])
             if steps:
-                style = styles.cell(row)
-                style.pop("marker")
-                (h,) = ax.plot(steps, values, lw=1.3, **style)
-                handles.setdefault(label, h)
+                (line,) = ax.plot(steps, values, lw=1.2, ms=3, **styles.cell(row))
+                handles.setdefault(label, line)
                 drawn = True
         if not drawn:
             _not_recorded(ax)
             continue
+        if threshold and threshold[0] == key:
+            ax.axhline(threshold[1], color="#c62828", lw=0.8, ls="--")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    _legend(fig, list(handles.values()), list(handles.keys()))
+    _place_legend(fig, legend, handles)
 
 
 def _alignment_page(book: _Book, runs: pd.DataFrame, x: str | None, axes: list[str]) -> None:
-    fig = book.page()
-    done = runs[runs["status"].eq("finished")] if not runs.empty else runs
-    cells = _cells(done, axes) if not done.empty else pd.DataFrame(columns=["cell"] + axes)
-    others = [a for a in axes if a != x]
-    styles = _Styles(cells, x if x in axes else None, others)
-    labels = [_label({a: r[a] for a in axes}) or r["cell"] for _, r in cells.iterrows()]
-    panels = _grid(fig, len(ALIGN), _legend_rows(labels), "Alignment per layer (mean ± 95% CI over finished seeds)")
-    handles = {}
+    done = _finished_runs(runs)
+    cells = _cells(done, axes)
+    styles = _Styles(cells, x if x in axes else None, [a for a in axes if a != x])
+    labels = _cell_labels(cells, axes)
+    fig, panels, legend = _plot_page(book, "Alignment per layer (mean ± 95% CI over finished seeds)",
+                                     len(ALIGN), labels)
+    handles: dict[str, Any] = {}
     for ax, (title, prefix) in zip(panels, ALIGN):
         ax.set_title(title)
         layers = sorted(int(c[len(prefix):]) for c in done.columns
@@ -568,8 +656,7 @@ def _alignment_page(book: _Book, runs: pd.DataFrame, x: str | None, axes: list[s
                     pts.append((layer, mean, 0.0 if math.isnan(ci) else ci))
             if pts:
                 p, m, e = zip(*pts)
-                h = ax.errorbar(p, m, yerr=e, capsize=3, ms=4, lw=1.2, **styles.cell(row))
-                handles.setdefault(label, h)
+                handles.setdefault(label, ax.errorbar(p, m, yerr=e, capsize=3, ms=4, lw=1.2, **styles.cell(row)))
                 drawn = True
         if not drawn:
             _not_recorded(ax)
@@ -578,7 +665,7 @@ def _alignment_page(book: _Book, runs: pd.DataFrame, x: str | None, axes: list[s
         ax.set_xticklabels([f"L{k}" for k in layers])
         ax.set_xlabel("layer")
         ax.grid(alpha=0.3)
-    _legend(fig, list(handles.values()), list(handles.keys()))
+    _place_legend(fig, legend, handles)
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -608,7 +695,7 @@ def write_report(sweep: SweepSpec, budget: str, study_name: str, uri: str, out: 
         verdict = _verdict_page(book, sweep, runs)
         _cell_pages(book, runs, list(sweep.report_metrics))
         _metric_plots(book, runs, list(sweep.report_metrics), x, swept, view["axes"], threshold)
-        _curve_page(book, uri, runs, curve_keys, x, swept)
+        _curve_page(book, uri, runs, curve_keys, x, swept, threshold)
         _alignment_page(book, runs, x, swept)
         book.finish(f"{sweep.name} · {study_name} · code {code_version}")
         with PdfPages(out, metadata={"CreationDate": None, "ModDate": None}) as pdf:

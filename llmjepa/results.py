@@ -38,10 +38,10 @@ def _quote(value: str) -> str:
     return value.replace("'", "\\'")
 
 
-def _typed(value: Any) -> Any:
-    """Lists become tuples so axis values can be grouped on."""
+def hashable(value: Any) -> Any:
+    """Lists become tuples (recursively) so axis values can be grouped on and used as keys."""
     if isinstance(value, list):
-        return tuple(_typed(v) for v in value)
+        return tuple(hashable(v) for v in value)
     return value
 
 
@@ -49,7 +49,7 @@ def _parse_param(text: Any) -> Any:
     if not isinstance(text, str):
         return None
     try:
-        return _typed(yaml.safe_load(text))
+        return hashable(yaml.safe_load(text))
     except yaml.YAMLError:
         return text
 
@@ -61,7 +61,7 @@ def _cell_values(text: Any) -> dict[str, Any]:
         data = json.loads(text)
     except json.JSONDecodeError:
         return {}
-    return {k: _typed(v) for k, v in data.items()} if isinstance(data, dict) else {}
+    return {k: hashable(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
 def _tag(row: pd.Series, key: str) -> Any:

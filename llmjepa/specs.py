@@ -280,14 +280,20 @@ def format_errors(err: ValidationError, source: str, lines: dict[tuple, int], ov
     for e in err.errors():
         loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-after")))
         field = ".".join(str(x) for x in loc) or "(spec)"
-        line = None
-        for n in range(len(loc), 0, -1):
-            if loc[:n] in lines:
-                line = lines[loc[:n]]
-                break
-        origin = "--set" if loc in overridden else (f"{source}:{line}" if line else source)
-        parts.append(f"{origin}: {field}: {e['msg']}")
+        parts.append(f"{_origin(loc, source, lines, overridden)}: {field}: {e['msg']}")
     return "\n".join(parts)
+
+
+def _origin(loc: tuple, source: str, lines: dict[tuple, int], overridden: set[tuple]) -> str:
+    """Where the bad value came from: --set, the file's line of the field (or its section), or the source."""
+    if any(loc[: len(o)] == o for o in overridden):  # set by an override, or inside an overridden value
+        return "--set"
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in lines:
+            return f"{source}:{lines[loc[:n]]}"
+    if loc and any(o[: len(loc)] == loc for o in overridden):  # an override made this field a section
+        return "--set"
+    return source
 
 
 def validate(cls: type[Spec], data: dict, source: str, lines: dict | None = None, overrides=()) -> Spec:

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,9 @@ HEARTBEAT_INTERVAL = 10  # seconds between a running trial's heartbeats
 GRACE_PERIOD = 60  # a trial silent this long is stale (its worker is gone)
 MAX_RETRIES = 2  # crashed attempts per cell before it is left failed
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+# heartbeats are driven by our own worker loop (one trial at a time), not Study.optimize
+warnings.filterwarnings("ignore", message=".*Heartbeat of storage is supposed to be used.*")
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 # ----------------------------------------------------------------------------- sweep files

@@ -174,8 +174,9 @@ def run(
     start = 0
     ckpt = Path(checkpoint) if checkpoint else None
     if ckpt is not None and ckpt.exists():
-        start = load_checkpoint(ckpt, modules, opt)
-    torch.manual_seed(t.seed * 1_000_003 + start)  # SIGReg directions: reproducible per step
+        start = load_checkpoint(ckpt, modules, opt)  # restores the RNG state saved with it
+    else:
+        torch.manual_seed(t.seed * 1_000_003)  # SIGReg directions
 
     history: list[tuple[int, dict[str, float]]] = []
     latest: dict[str, float] = {}
@@ -256,5 +257,5 @@ def run(
             if ckpt is not None and t.checkpoint_every and done % t.checkpoint_every == 0:
                 save_checkpoint(ckpt, done, modules, opt)
         return finish("finished", "", t.steps)
-    except Pruned as e:
-        return finish("pruned", str(e) or "pruned by the sweep", step)
+    except Pruned as e:  # raised by the callback of the latest evaluation
+        return finish("pruned", str(e) or "pruned by the sweep", history[-1][0] if history else step)

@@ -123,9 +123,11 @@ def _within_text(spec: VerdictSpec) -> str:
 def compute_verdict(runs: pd.DataFrame, spec: VerdictSpec) -> Verdict:
     """Decide the hypothesis from finished runs inside ``spec.within``, by the spec's rule."""
     metric, axis, thr = spec.metric, spec.axis, spec.threshold
+    if runs.empty:
+        return _no_data("No runs.")
     for name, what in ((axis, "axis"), (metric, "metric")):
-        if runs.empty or name not in runs.columns:
-            return _no_data(f"No runs record the {what} {name}.")
+        if name not in runs.columns:
+            return _no_data(f"No run records the {what} {name}.")
     scope = select_within(runs, spec.within)
     if scope.empty:
         return _no_data(f"No runs {_within_text(spec).rstrip(', ')}.")
@@ -221,12 +223,15 @@ def _sentences(spec: VerdictSpec, ref: _Group, results, good, ref_all_good) -> s
     else:
         tested = [f"{fmt_p(p)} ({fmt_value(g.value)})" for g, _, p in present if not math.isnan(p)]
         untested = [fmt_value(g.value) for g, _, p in present if math.isnan(p)]
+        by_threshold = any(math.isnan(p) and r == "good" for _, r, p in present)
         parts = []
         if tested:
             parts.append(f"Welch t-test vs {ax} {fmt_value(spec.reference)} (alpha {spec.alpha:g}): p = "
                          + ", ".join(tested))
         if untested:
-            parts.append(f"no t-test for {', '.join(untested)} (n < 2 in a group)")
+            parts.append(f"no t-test for {', '.join(untested)} (n < 2 in a group)"
+                         + ("; there the threshold alone decides, as every reference run is on the bad side"
+                            if by_threshold else ""))
         second = "; ".join(parts)
         second = _cap(second) + "."
     return f"{first} {second}"
