@@ -298,7 +298,8 @@ def _report(p, tracking_uri: str, output: Optional[Path]) -> None:
         res = write_report(p.sweep, p.budget, p.study_name, absolute_uri(tracking_uri), path, code_version())
     except LookupError as e:
         fail(str(e))
-    out.print(f"verdict: {res.verdict.status}: {res.verdict.text}", highlight=False)
+    if res.verdict is not None:
+        out.print(f"verdict: {res.verdict.status}: {res.verdict.text}", highlight=False)
     out.print(f"report written to {res.path}")
 
 
@@ -314,6 +315,32 @@ def ui(
     out.print(f"MLflow UI for {uri} at http://127.0.0.1:{port} (Ctrl-C stops it)")
     os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                                 "--host", "127.0.0.1", "--port", str(port)])
+
+
+@app.command()
+def bench(
+    output: Path = typer.Option(Path("bench/results.json"), "-o", "--output", help="JSON file for the numbers."),
+    steps: int = typer.Option(10, help="Timed repeats per measurement (after a warm-up)."),
+    set_: Optional[list[str]] = SetOpt,
+):
+    """Measure step time, throughput, GFLOP/s, evaluation and logging cost; write them to a file."""
+    from llmjepa.bench import run_bench
+
+    try:
+        res = run_bench(output, steps, set_ or [], log=lambda m: console.print(m))
+    except SpecError as e:
+        fail(str(e))
+    for t in res["train"]:
+        out.print(f"train {t['target_mode']:9s} {t['threads']} thread(s): {t['step_ms']:7.1f} ms/step  "
+                  f"{t['tokens_per_s']:8.0f} tokens/s  {t['gflops_per_s']:5.1f} GFLOP/s")
+    a, e, lg = res["attention"], res["eval"], res["logging"]
+    out.print(f"batch generation {res['data_batch_ms']:.1f} ms; SDPA segment mask / causal at L={a['seq_len']}: "
+              f"{a['masked_over_causal']:.2f}x")
+    out.print(f"eval: collapse {e['collapse_s']:.2f} s, full {e['full_s']:.2f} s, pixel baselines "
+              f"{e['pixel_baselines_s']:.2f} s; projected eval fraction of a default run {e['projected_eval_fraction']:.1%}")
+    out.print(f"MLflow: {lg['flush_every_1_ms_per_value']:.2f} ms per value unbuffered, "
+              f"{lg['flush_every_100_ms_per_value']:.3f} ms buffered ({lg['buffered_speedup']:.0f}x)")
+    out.print(f"peak RSS {res['peak_rss_mb']:.0f} MB; written to {output}")
 
 
 def main() -> None:  # pragma: no cover

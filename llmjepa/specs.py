@@ -394,6 +394,10 @@ class VerdictSpec(Spec):
     claim: list[Any] = Field(description="Axis values the hypothesis says are on the good side.")
     threshold: float | None = Field(None, description="Good side boundary of the metric (e.g. the collapse line).")
     better: Literal["higher", "lower"] = Field("higher", description="Which side of the threshold is good.")
+    reference_bad: bool = Field(
+        True, description="The hypothesis also says the reference is on the bad side of the threshold (e.g. "
+        "collapses); if most reference runs are on the good side the verdict cannot be 'supported'."
+    )
     within: dict[str, Any] = Field(default_factory=dict, description="Only cells with these values count.")
     alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the Welch t-tests.")
     gap_metric: str | None = Field(

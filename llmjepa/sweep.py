@@ -74,8 +74,12 @@ def list_sweeps() -> list[tuple[Path, SweepSpec]]:
 
 
 def load_sweep_file(path: Path) -> SweepSpec:
+    return read_sweep(path)[0]
+
+
+def read_sweep(path: Path) -> tuple[SweepSpec, dict]:
     data, lines = specs.read_yaml(path)
-    return specs.validate(SweepSpec, data, str(path), lines)
+    return specs.validate(SweepSpec, data, str(path), lines), data
 
 
 def cell_key(cell: dict[str, Any]) -> str:
@@ -93,13 +97,13 @@ class Plan:
     cells: list[dict[str, Any]]
     seeds: list[int]
     trials: int  # TPE: number of trials; grid: cells x seeds
+    raw: dict  # the sweep file's mapping as written
 
     @property
     def hash(self) -> str:
-        blob = json.dumps(
-            {"sweep": self.sweep.model_dump(mode="json"), "budget": self.budget, "base": self.base},
-            sort_keys=True, default=str,
-        )
+        """Of what the files say (sweep as written, resolved base, budget), so an edited sweep
+        starts a new study while a new spec field with a default does not."""
+        blob = json.dumps({"sweep": self.raw, "budget": self.budget, "base": self.base}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
     @property
@@ -122,7 +126,7 @@ def plan(name: str, budget: str = "quick") -> Plan:
     """Resolve and validate a sweep under a budget; every cell's spec is built once, so a bad
     value fails here, before any study or run exists."""
     path = find_sweep(name)
-    sweep = load_sweep_file(path)
+    sweep, raw = read_sweep(path)
     if budget not in sweep.budgets and budget != "default":
         raise SpecError(f"{path}: budget {budget!r} not defined (have: {', '.join(sweep.budgets) or 'none'})")
     b = sweep.budgets.get(budget, specs.Budget())
@@ -147,7 +151,7 @@ def plan(name: str, budget: str = "quick") -> Plan:
     else:
         cells = [{}]
         trials = b.trials or 20
-    p = Plan(sweep, path, budget, base_data, cells, seeds, trials)
+    p = Plan(sweep, path, budget, base_data, cells, seeds, trials, raw)
     keys = list(dict.fromkeys(k for c in cells for k in c))
     if any(set(c) != set(keys) for c in cells):  # name every swept field in every cell
         base = specs.flatten(p.spec_for({}, seeds[0]))

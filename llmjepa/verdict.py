@@ -160,7 +160,12 @@ def compute_verdict(runs: pd.DataFrame, spec: VerdictSpec) -> Verdict:
         status = "supported"
     else:
         status = "inconclusive"
-    return Verdict(status, _sentences(spec, ref, results, good, ref_all_good), table)
+    text = _sentences(spec, ref, results, good, ref_all_good)
+    if status == "supported" and spec.reference_bad and thr is not None and ref.n and ref_good * 2 > ref.n:
+        status = "inconclusive"
+        text += (f" But {ref_good}/{ref.n} reference runs are on the good side as well, so these runs cannot show "
+                 f"that {short_name(axis)} is what keeps {metric} there.")
+    return Verdict(status, text, table)
 
 
 def _judge(g, ref, spec, good, sign, ref_all_good, ref_all_bad) -> tuple[str, float, float]:

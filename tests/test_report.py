@@ -6,9 +6,7 @@ contract: a 3-value axis x 2 modes x 2 seeds, a killed duplicate and a diverged 
 
 import json
 import math
-import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -221,8 +219,12 @@ def test_verdict_supported():
 
 
 def test_verdict_reference_on_good_side_needs_no_test():
-    v = compute_verdict(frame({0: [3.0, 3.1], 0.5: [5.0, 5.2], 1.0: [6.0, 6.1]}), spec())
+    data = frame({0: [3.0, 3.1], 0.5: [5.0, 5.2], 1.0: [6.0, 6.1]})
+    v = compute_verdict(data, spec(reference_bad=False))
     assert v.status == "supported" and "No t-test needed" in v.text
+    # a hypothesis that says the reference collapses is not supported when it did not
+    v = compute_verdict(data, spec())
+    assert v.status == "inconclusive" and "2/2 reference runs are on the good side" in v.text
 
 
 def test_verdict_refuted_by_majority_on_bad_side():

@@ -22,6 +22,15 @@ from helpers import TINY, tiny_spec
 WIDE = {"COLUMNS": "250"}  # no wrapping of rich output
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Two cores shared with other work: one torch thread is many times faster than two contended ones."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def mlflow_template(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow-template")
