@@ -100,8 +100,13 @@ class MaskSpec(Spec):
     context_scale: tuple[float, float] = Field(
         (0.85, 1.0), description="Area of the context block before targets are cut out of it."
     )
-    context_schedule: Literal["constant"] = Field(
-        "constant", description="How the context scale range moves over training."
+    context_schedule: Literal["constant", "linear_up", "linear_down", "cosine", "random"] = Field(
+        "constant",
+        description="How the context scale moves over training: constant (context_scale), linear_up, "
+        "linear_down, cosine (one cycle large-small-large) or random per batch, within schedule_span.",
+    )
+    schedule_span: tuple[float, float] = Field(
+        (0.3, 1.0), description="Smallest and largest context scale a non-constant schedule visits."
     )
     min_context: int = Field(4, ge=1, description="Fewest context patches; resampled below it.")
     num_contexts: int = Field(1, ge=1, description="Context copies of one item in a row (one target copy).")
@@ -109,7 +114,7 @@ class MaskSpec(Spec):
         True, description="Context tokens reuse the 1-D positions of the patches they copy (the article's rule)."
     )
 
-    @field_validator("target_scale", "target_aspect", "context_scale")
+    @field_validator("target_scale", "target_aspect", "context_scale", "schedule_span")
     @classmethod
     def _range(cls, v: tuple[float, float]) -> tuple[float, float]:
         lo, hi = v

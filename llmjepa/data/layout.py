@@ -27,10 +27,19 @@ class Item:
     modality: int
     data: np.ndarray  # image (C, H, W); video (C, T, H, W); audio (1, F, T)
     coords: np.ndarray  # (N, 3) float
+    rel_pos: np.ndarray | None = None  # (N,) 1-D position of each patch within the item's range; arange(N) if None
+    anchor: int | None = None  # another item whose position range this one shares (audio at the video's times)
 
     @property
     def num_patches(self) -> int:
         return len(self.coords)
+
+    def offsets(self) -> np.ndarray:
+        return np.arange(self.num_patches) if self.rel_pos is None else self.rel_pos
+
+    @property
+    def span(self) -> int:
+        return int(self.offsets().max()) + 1
 
 
 @dataclass
@@ -102,19 +111,27 @@ class Batch:
 
 
 def _positions(ex: Example, share_positions: bool) -> list[np.ndarray]:
-    """1-D positions per segment. Each item reserves a range of N positions when first seen;
-    with sharing, every copy of patch p sits at range start + p; without it, each context copy
-    takes a fresh range of its own length and the target reserves the item's range."""
+    """1-D positions per segment. Each item reserves a range of positions when first seen (an
+    anchored item shares its anchor's range instead); with sharing, every copy of patch p sits at
+    range start + offset(p); without it, each context copy takes a fresh range of its own length
+    and the target reserves the item's range."""
     pos, base, out = 0, {}, []
     for seg in ex.segments:
         if seg.role == TEXT:
             out.append(pos + np.arange(len(seg.tokens)))
             pos += len(seg.tokens)
         elif share_positions or seg.role == TARGET:
+            item = ex.items[seg.item]
             if seg.item not in base:
-                base[seg.item] = pos
-                pos += ex.items[seg.item].num_patches
-            out.append(base[seg.item] + seg.patches)
+                if item.anchor is not None:
+                    if item.anchor not in base:
+                        raise ValueError("an anchored item must come after the item it shares positions with")
+                    base[seg.item] = base[item.anchor]
+                    pos = max(pos, base[seg.item] + item.span)
+                else:
+                    base[seg.item] = pos
+                    pos += item.span
+            out.append(base[seg.item] + item.offsets()[seg.patches])
         else:
             out.append(pos + np.arange(len(seg.patches)))
             pos += len(seg.patches)

@@ -81,10 +81,38 @@ def multiblock(
         n -= 1
 
 
+SCHEDULES = ("constant", "linear_up", "linear_down", "cosine", "random")
+
+
 def context_scale_at(
-    schedule: str, base: tuple[float, float], step: int, total_steps: int
+    schedule: str,
+    base: tuple[float, float],
+    step: int,
+    total_steps: int,
+    span: tuple[float, float] = (0.3, 1.0),
+    rng: np.random.Generator | None = None,
+    width: float = 0.1,
 ) -> tuple[float, float]:
-    """Context-scale range at a training step. Only `constant` exists for now."""
+    """Context-scale range at a training step.
+
+    constant: `base` throughout. Otherwise a centre s moves within `span` = (a, b) and the range
+    is s +- width/2 (clipped to (0.05, 1)): linear_up a -> b, linear_down b -> a, cosine one full
+    cycle b -> a -> b (large, small, large), random: s uniform in (a, b) per batch (needs rng).
+    """
     if schedule == "constant":
         return base
-    raise ValueError(f"unknown context schedule {schedule!r}")
+    a, b = span
+    frac = min(max(step / max(total_steps - 1, 1), 0.0), 1.0)
+    if schedule == "linear_up":
+        s = a + (b - a) * frac
+    elif schedule == "linear_down":
+        s = b - (b - a) * frac
+    elif schedule == "cosine":
+        s = a + (b - a) * 0.5 * (1 + math.cos(2 * math.pi * frac))
+    elif schedule == "random":
+        if rng is None:
+            raise ValueError("the random context schedule needs the batch's rng")
+        s = rng.uniform(a, b)
+    else:
+        raise ValueError(f"unknown context schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
+    return max(s - width / 2, 0.05), min(s + width / 2, 1.0)

@@ -61,7 +61,8 @@ class Stream:
     def batch(self, step: int) -> Batch:
         s = self.spec
         rng = np.random.default_rng([s.train.seed, STREAM_TRAIN, step])
-        scale = context_scale_at(s.masks.context_schedule, s.masks.context_scale, step, s.train.steps)
+        m = s.masks
+        scale = context_scale_at(m.context_schedule, m.context_scale, step, s.train.steps, m.schedule_span, rng)
         return collate([self.example(rng, scale) for _ in range(s.data.batch_size)], s.masks.share_positions)
 
     def example(self, rng: np.random.Generator, scale) -> Example:
