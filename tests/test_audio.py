@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,12 +12,21 @@ import torch
 from llmjepa.data import audio
 from llmjepa.data.audio import (
     AUDIO_ATTRIBUTES, FRAME_SECONDS, PITCH_HZ, PITCH_WORD, SAMPLE_RATE, SAMPLES_PER_FRAME, TIMBRE_WORD,
-    audio_attributes, audio_text, bounce_events, clip_audio, log_mel, mel_filterbank, synthesize,
+    audio_attributes, audio_text, bounce_frames, clip_audio, log_mel, mel_filterbank, synthesize,
 )
 from llmjepa.data.text import answer_span
 from llmjepa.data.world import COLORS, SHAPES, SIZES, Obj, sample_scene
 
 KINDS = ("left", "right", "top", "bottom", "object")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """These tensors are tiny: extra threads only contend with whatever else the machine runs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)
@@ -94,7 +102,9 @@ def test_timbre_keeps_loudness_and_changes_the_spectrum():
 
 # ---------------------------------------------------------------- mel filterbank
 
-@pytest.mark.parametrize("n_fft,n_mels,fmin,fmax", [(512, 16, 0.0, None), (256, 16, 0.0, None), (512, 24, 100.0, 3000.0)])
+@pytest.mark.parametrize(
+    "n_fft,n_mels,fmin,fmax", [(512, 16, 0.0, None), (256, 16, 0.0, None), (512, 24, 100.0, 3000.0)]
+)
 def test_mel_filters_are_triangles_rising_in_frequency_and_cover_the_band(n_fft, n_mels, fmin, fmax):
     fb = mel_filterbank(n_fft, n_mels, SAMPLE_RATE, fmin, fmax)
     assert fb.shape == (n_mels, n_fft // 2 + 1) and fb.dtype == torch.float32
@@ -215,21 +225,6 @@ def test_fixed_normalisation_is_roughly_standard_and_keeps_loudness():
     assert log_mel(w * 0.5).mean() < log_mel(w).mean() - 0.1
 
 
-def test_sixteen_clips_of_eight_frames_to_log_mels_quickly():
-    rng = np.random.default_rng(2)
-    clips = [_random_clip(rng) for _ in range(16)]
-    waves = np.stack([synthesize(c, 0) for c in clips])
-    log_mel(waves)  # warm up
-    best = min(_timed(lambda: log_mel(waves)) for _ in range(5))
-    assert best < 0.03, best
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
 # ---------------------------------------------------------------- text and labels
 
 def _texts(clip, n=300) -> set[str]:
@@ -309,12 +304,14 @@ def test_random_clips_give_well_formed_texts():
     assert len({t.split(" a: ")[0] for t in texts}) >= 10
 
 
-def test_bounce_events_merge_one_collision():
+def test_one_burst_per_frame_with_bounces():
     clip = _clip(
         [("circle", "red", "large"), ("square", "red", "small")],
         [(1, 0, "object"), (1, 1, "object"), (1, 0, "top"), (4, 1, "right"), (4, 0, "right"), (-1, 0, "left")],
     )
-    assert bounce_events(clip) == [(1, "object"), (1, "top"), (4, "right"), (4, "right")]
+    assert bounce_frames(clip) == [1, 4]
+    once = _clip([("circle", "red", "large"), ("square", "red", "small")], [(1, 0, "top"), (4, 1, "right")])
+    assert np.array_equal(synthesize(clip, 3), synthesize(once, 3))
 
 
 def test_audio_attributes_describe_the_front_object_and_clip_bounces():
@@ -325,6 +322,10 @@ def test_audio_attributes_describe_the_front_object_and_clip_bounces():
         )
         got = audio_attributes(clip)
         assert got == {"pitch": 2, "timbre": COLORS.index("purple"), "loud": 0, "bounces": label}
+    one_collision = _clip(
+        [("square", "cyan", "large"), ("circle", "red", "small")], [(3, 0, "object"), (3, 1, "object"), (8, 0, "top")]
+    )
+    assert audio_attributes(one_collision) == {"pitch": 1, "timbre": COLORS.index("cyan"), "loud": 1, "bounces": 1}
     rng = np.random.default_rng(9)
     for _ in range(50):
         labels = audio_attributes(_random_clip(rng))

@@ -1,7 +1,7 @@
 """Sound for video clips: each object hums, bounces click, and log-mel spectrograms align to frames.
 
 Owns the sound of the synthetic world (pitch from shape, timbre from colour, loudness from size,
-a short noise burst at every bounce), the mel filterbank and log-mel features written with plain
+a short noise burst in every frame with a bounce), the mel filterbank and log-mel features written with plain
 torch, the per-clip model input, short texts about what is heard, and the audio probe labels.
 
 A clip is anything with `objects` (tuple of world.Obj, front first), `bounces` (tuple of
@@ -101,14 +101,11 @@ def _sinusoids(shape: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     return sin, cos
 
 
-def bounce_events(clip: Any) -> list[tuple[int, str]]:
-    """The bounces one hears, in time order: (frame, kind). Each wall bounce is one event; all
-    "object" entries of one frame (a collision may be listed once per object) are one event.
-    Entries outside the clip's frames are dropped."""
-    inside = [(int(f), int(i), str(k)) for f, i, k in clip.bounces if 0 <= int(f) < int(clip.frames)]
-    walls = {b for b in inside if b[2] != "object"}
-    hits = {f for f, _i, k in inside if k == "object"}
-    return sorted([(f, k) for f, _i, k in walls] + [(f, "object") for f in hits])
+def bounce_frames(clip: Any) -> list[int]:
+    """The frames, in order, that hold at least one bounce: each sounds one noise burst, since
+    bounces within one frame (a corner, both objects of a collision) start at the same sample and
+    cannot be told apart by ear. Entries outside the clip's frames are dropped."""
+    return sorted({int(f) for f, _i, _k in clip.bounces if 0 <= int(f) < int(clip.frames)})
 
 
 def _burst(rng: np.random.Generator) -> np.ndarray:
@@ -122,8 +119,8 @@ def _burst(rng: np.random.Generator) -> np.ndarray:
 def synthesize(clip: Any, rng: Rng) -> np.ndarray:
     """Waveform of the clip: float32, (frames * SAMPLES_PER_FRAME,), values in [-1, 1].
 
-    Every object sounds for the whole clip (random harmonic phases from `rng`); each bounce event
-    adds a noise burst starting at its frame's first sample and ending inside that frame.
+    Every object sounds for the whole clip (random harmonic phases from `rng`); each frame with a
+    bounce gets one noise burst, starting at its first sample and ending inside that frame.
     """
     rng = _generator(rng)
     frames = int(clip.frames)
@@ -136,7 +133,7 @@ def synthesize(clip: Any, rng: Rng) -> np.ndarray:
         # sin(w t + p) = sin(w t) cos(p) + cos(w t) sin(p)
         wave += AMPLITUDE[obj.size] * ((amps * np.cos(phases)) @ sin[rows] + (amps * np.sin(phases)) @ cos[rows])
     wave += NOISE_STD * rng.standard_normal(n)
-    for frame, _kind in bounce_events(clip):  # drawn last: bounces change nothing before them
+    for frame in bounce_frames(clip):  # drawn last: bounces change nothing before them
         s = frame * SAMPLES_PER_FRAME
         wave[s : s + SAMPLES_PER_FRAME] += _burst(rng)
     return np.clip(wave, -1.0, 1.0).astype(np.float32)
@@ -152,7 +149,9 @@ def mel_to_hz(mel):
     return 700.0 * (10.0 ** (np.asarray(mel, dtype=np.float64) / 2595.0) - 1.0)
 
 
-def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, fmin: float = 0.0, fmax: float | None = None) -> torch.Tensor:
+def mel_filterbank(
+    n_fft: int, n_mels: int, sample_rate: int, fmin: float = 0.0, fmax: float | None = None
+) -> torch.Tensor:
     """Triangular HTK-mel filters, (n_mels, n_fft // 2 + 1), float32, peak weight 1 at each centre.
 
     Filter m rises linearly (in Hz) from edge m to edge m + 1 and falls to edge m + 2, where the
@@ -194,7 +193,8 @@ def log_mel(
 ) -> torch.Tensor:
     """Normalised log-mel spectrogram, (n_mels, len // hop), or (B, n_mels, len // hop) for (B, len).
 
-    hop defaults to SAMPLES_PER_FRAME / frames_per_video_frame (400 samples for 2). Framing is
+    hop defaults to SAMPLES_PER_FRAME / frames_per_video_frame (400 samples for 2); a hop given
+    explicitly overrides that, and alignment with video frames is then the caller's. Framing is
     torch.stft with center=False on an explicitly padded signal: frame j's Hann window, of length
     min(n_fft, hop), sits centred inside samples [j * hop, (j + 1) * hop), so no frame sees samples
     of a neighbouring hop and the frame count is exactly len // hop (a trailing partial hop is
@@ -226,7 +226,9 @@ def log_mel(
     return out if batched else out[0]
 
 
-def clip_audio(clip: Any, rng: Rng, n_mels: int = N_MELS, frames_per_video_frame: int = FRAMES_PER_VIDEO_FRAME) -> np.ndarray:
+def clip_audio(
+    clip: Any, rng: Rng, n_mels: int = N_MELS, frames_per_video_frame: int = FRAMES_PER_VIDEO_FRAME
+) -> np.ndarray:
     """The model's audio input for one clip: (1, n_mels, frames * frames_per_video_frame) float32."""
     wave = synthesize(clip, rng)
     return log_mel(wave, n_mels=n_mels, frames_per_video_frame=frames_per_video_frame)[None].numpy()
@@ -258,7 +260,8 @@ def _describe(objs, rng):
     for loud, timbre in ((True, True), (False, True), (False, False)):
         parts = []
         for o in objs:
-            words = ([LOUD_WORD[o.size]] if loud else []) + [PITCH_WORD[o.shape]] + ([TIMBRE_WORD[o.color]] if timbre else [])
+            words = [LOUD_WORD[o.size]] if loud else []
+            words += [PITCH_WORD[o.shape]] + ([TIMBRE_WORD[o.color]] if timbre else [])
             parts.append("a " + " ".join(words) + " tone")
         text = _pick(rng, ("", "i hear ")) + _join(parts) + "."
         if len(text) <= MAX_LEN:
@@ -272,7 +275,7 @@ def _unique_by(objs, key):
 
 
 def _q_bounces(clip, objs, rng):
-    return "how many bounces do you hear?", _number(len(bounce_events(clip)))
+    return "how many bounces do you hear?", _number(len(bounce_frames(clip)))
 
 
 def _q_tones(clip, objs, rng):
@@ -329,11 +332,11 @@ def audio_text(clip: Any, rng: Rng) -> str:
 
 
 def audio_attributes(clip: Any) -> dict[str, int]:
-    """Probe labels: pitch, timbre and loudness of the front object; bounce events clipped to 2."""
+    """Probe labels: pitch, timbre and loudness of the front object; frames with a bounce, clipped to 2."""
     front = clip.objects[0]
     return {
         "pitch": SHAPES.index(front.shape),
         "timbre": COLORS.index(front.color),
         "loud": SIZES.index(front.size),
-        "bounces": min(len(bounce_events(clip)), 2),
+        "bounces": min(len(bounce_frames(clip)), 2),
     }
