@@ -79,6 +79,27 @@ class DataSpec(Spec):
         0.0, ge=0, le=1, description="Fraction of examples holding two images and text comparing them."
     )
     batch_size: int = Field(16, gt=0, description="Examples per training batch.")
+    modality: Literal["image", "video", "audio_video"] = Field(
+        "image", description="image; video (clips as tubelets of 2 frames); audio_video (clips with their sound)."
+    )
+    frames: int = Field(8, ge=2, description="Video frames per clip (even: tubelets span 2 frames).")
+    n_mels: int = Field(16, gt=0, description="Mel bands of the audio log-mel spectrogram.")
+    mel_patch: int = Field(4, gt=0, description="Mel bands per audio patch.")
+    spec_per_frame: int = Field(
+        2, gt=0, description="Spectrogram frames per video frame (the hop aligns them); an audio patch spans "
+        "one tubelet in time (2 video frames)."
+    )
+    av_variant: Literal[1, 2] = Field(
+        1, description="1: [vid ctx][vid tgt][aud ctx][aud tgt], the audio context sees the video target; "
+        "2: [vid ctx][aud ctx][vid tgt][aud tgt] with cross-modal pairs."
+    )
+    within_pairs: bool = Field(
+        True, description="Variant 2 also predicts video from video and audio from audio (the cross pairs always)."
+    )
+    av_positions: Literal["shared_time", "separate"] = Field(
+        "separate", description="shared_time: audio at time t takes the video's 1-D positions of time t; "
+        "separate: audio's positions follow the video's."
+    )
 
     @model_validator(mode="after")
     def _checks(self) -> "DataSpec":
@@ -86,7 +107,18 @@ class DataSpec(Spec):
             raise ValueError(f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}")
         if self.min_objects > self.max_objects:
             raise ValueError("min_objects exceeds max_objects")
+        if self.frames % 2:
+            raise ValueError(f"frames must be even (tubelets of 2 frames), got {self.frames}")
+        if self.n_mels % self.mel_patch:
+            raise ValueError(f"n_mels {self.n_mels} is not divisible by mel_patch {self.mel_patch}")
+        if self.modality != "image" and self.pair_ratio > 0:
+            raise ValueError("pair_ratio (comparison text) exists for images only")
         return self
+
+    @property
+    def audio_grid(self) -> tuple[int, int]:
+        """(time patches, mel patches) of a clip's spectrogram: one time patch per tubelet."""
+        return self.frames // 2, self.n_mels // self.mel_patch
 
     @property
     def grid(self) -> int:
@@ -176,6 +208,18 @@ class EvalSpec(Spec):
     knn: int = Field(10, gt=0, description="k of the mutual-kNN alignment.")
     batch_size: int = Field(128, gt=0, description="Evaluation batch size.")
     seed: int = Field(12345, description="Seed of the held-out probe set (fixed across runs).")
+    partial: list[float] = Field(
+        default_factory=list,
+        description="Fractions of each item shown at evaluation (e.g. [0.25, 0.5]): probe accuracy and text CE "
+        "on partial items, the inference side of dynamic compute. Empty: off.",
+    )
+
+    @field_validator("partial")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if any(not 0 < f <= 1 for f in v):
+            raise ValueError(f"fractions must lie in (0, 1], got {v}")
+        return v
 
 
 class CollapseSpec(Spec):

@@ -50,7 +50,7 @@ class RunResult:
 def build(spec: ExperimentSpec) -> tuple[Transformer, Predictor]:
     """The model and predictor, initialised from the spec's seed."""
     torch.manual_seed(spec.train.seed)
-    model = Transformer(spec.model, tok.VOCAB_SIZE, spec.data.patch_size)
+    model = Transformer(spec.model, tok.VOCAB_SIZE, spec.data)
     predictor = Predictor(spec.model.dim, spec.predictor)
     return model, predictor
 

@@ -1,9 +1,15 @@
 """Training batches and evaluation sequences built from a source, deterministic per (seed, step).
 
-A training example is `[bos <image>] [ctx]... [tgt] [</image> text <eos>]` (several images in a row
-for comparison text). `text_ratio` decides how many examples carry text at all; without text no
-token has a loss but the JEPA task is unchanged. Masks are sampled here, never in the model.
-Evaluation sequences hold full items only, as the model sees them at inference.
+Layouts (segments in order; contexts are hidden from every later token):
+- image: `[bos <image>] [ctx]... [tgt] [</image> text <eos>]`, several images in a row for
+  comparison text;
+- video: the same with tubelets and 3-D masks spanning all frames;
+- audio_video variant 1: `[bos <video>] [vid ctx] [vid tgt] [aud ctx] [aud tgt] [</audio> text <eos>]`
+  with pairs vid->vid and aud->aud (the audio context sees the video target);
+- audio_video variant 2: `[bos <video>] [vid ctx] [aud ctx] [vid tgt] [aud tgt] [...]` with the
+  cross pairs aud ctx -> vid tgt and vid ctx -> aud tgt (within pairs as a switch).
+`text_ratio` decides how many examples carry text at all. Masks are sampled here, never in the
+model. Evaluation sequences hold full items only, as the model sees them at inference.
 """
 
 from __future__ import annotations
@@ -12,20 +18,58 @@ import numpy as np
 
 from llmjepa.data import tokenizer as tok
 from llmjepa.data.layout import (
-    CONTEXT, IMAGE, TARGET, Batch, Example, Item, Pair, collate, grid_coords, media_segment, text_segment,
+    AUDIO, CONTEXT, IMAGE, MODALITIES, TARGET, VIDEO, Batch, Example, Item, Pair, Segment, collate, grid_coords,
+    media_segment, text_segment,
 )
-from llmjepa.data.masks import context_scale_at, multiblock
+from llmjepa.data.masks import BlockMask, block_shape, context_scale_at, multiblock, place_block
 from llmjepa.data.sources import make_source
-from llmjepa.specs import ExperimentSpec
+from llmjepa.specs import DataSpec, ExperimentSpec
 
 STREAM_TRAIN, STREAM_EVAL = 0, 1  # separate seed streams for training and held-out data
+OPEN = {"image": tok.IMAGE_START, "video": tok.VIDEO_START, "audio": tok.AUDIO_START}
+CLOSE = {"image": tok.IMAGE_END, "video": tok.VIDEO_END, "audio": tok.AUDIO_END}
 
 
-def image_item(image: np.ndarray, grid: int) -> Item:
-    return Item(IMAGE, image, grid_coords(grid, grid))
+# ----------------------------------------------------------------------------- items
 
 
-def text_tail(text: str | None, prefix: list[int]) -> "Segment":
+def make_item(modality: str, data: np.ndarray, d: DataSpec, anchor: int | None = None) -> Item:
+    """An item with its patch grid's coordinates. Video patches are (tubelet, y, x) row-major;
+    audio patches are (time, mel) row-major with time in tubelet units, so that audio time t and
+    video tubelet t carry the same time coordinate. An anchored audio item (shared_time) takes
+    the video's 1-D positions of its time step."""
+    g = d.grid
+    if modality == "image":
+        return Item(IMAGE, data, grid_coords(g, g))
+    if modality == "video":
+        return Item(VIDEO, data, grid_coords(g, g, frames=d.frames // 2))
+    T, F = d.audio_grid
+    coords = grid_coords(F, 1, frames=T)  # (t, f, 0)
+    rel = None
+    if anchor is not None:
+        if F > g * g:
+            raise ValueError("shared_time needs at most grid**2 mel patches per time step")
+        t, f = np.divmod(np.arange(T * F), F)
+        rel = t * g * g + f
+    return Item(AUDIO, data, coords, rel_pos=rel, anchor=anchor)
+
+
+def sample_mask(item: Item, d: DataSpec, m, rng, scale) -> BlockMask:
+    """Multi-block mask for an item: 2-D blocks for images, the same spatial blocks through
+    every tubelet for video (V-JEPA's 3-D blocks), time-frequency blocks for audio."""
+    args = (m.num_targets, m.target_scale, m.target_aspect, scale, m.min_context)
+    if item.modality == IMAGE:
+        return multiblock(rng, d.grid, d.grid, *args)
+    if item.modality == VIDEO:
+        g2, T = d.grid * d.grid, d.frames // 2
+        bm = multiblock(rng, d.grid, d.grid, *args)
+        tile = lambda idx: (np.arange(T)[:, None] * g2 + idx[None, :]).ravel()  # noqa: E731
+        return BlockMask(tile(bm.context), tuple(tile(t) for t in bm.targets))
+    T, F = d.audio_grid
+    return multiblock(rng, T, F, *args)
+
+
+def text_tail(text: str | None, prefix: list[int]) -> Segment:
     """`prefix text <eos>` with a loss on every next token of the text (none without text)."""
     if text is None:
         return text_segment(prefix + [tok.EOS])
@@ -36,19 +80,67 @@ def text_tail(text: str | None, prefix: list[int]) -> "Segment":
     return text_segment(ids, loss)
 
 
-def add_item(ex: Example, item: Item, rng, spec: ExperimentSpec, scale, with_contexts: bool = True) -> None:
-    """Append an item's context copies (one per masks.num_contexts) and its target copy."""
-    m, g = spec.masks, spec.data.grid
-    ex.items.append(item)
-    idx = len(ex.items) - 1
-    contexts = []
-    for _ in range(m.num_contexts if with_contexts else 0):
-        bm = multiblock(rng, g, g, m.num_targets, m.target_scale, m.target_aspect, scale, m.min_context)
-        ex.segments.append(media_segment(CONTEXT, idx, ex.items, bm.context))
-        contexts.append((len(ex.segments) - 1, bm.targets))
-    ex.segments.append(media_segment(TARGET, idx, ex.items))
-    tgt = len(ex.segments) - 1
-    ex.pairs += [Pair(c, tgt, t) for c, targets in contexts for t in targets]
+class Builder:
+    """Appends segments and pairs to one example."""
+
+    def __init__(self, spec: ExperimentSpec, rng, scale):
+        self.spec, self.rng, self.scale = spec, rng, scale
+        self.ex = Example(segments=[])
+
+    def text(self, ids: list[int]) -> None:
+        self.ex.segments.append(text_segment(ids))
+
+    def item(self, item: Item) -> int:
+        self.ex.items.append(item)
+        return len(self.ex.items) - 1
+
+    def contexts(self, idx: int, n: int | None = None) -> list[tuple[int, BlockMask]]:
+        """n context copies of item idx (masks.num_contexts by default), with their masks."""
+        out = []
+        for _ in range(self.spec.masks.num_contexts if n is None else n):
+            bm = sample_mask(self.ex.items[idx], self.spec.data, self.spec.masks, self.rng, self.scale)
+            self.ex.segments.append(media_segment(CONTEXT, idx, self.ex.items, bm.context))
+            out.append((len(self.ex.segments) - 1, bm))
+        return out
+
+    def target(self, idx: int, patches=None) -> int:
+        self.ex.segments.append(media_segment(TARGET, idx, self.ex.items, patches))
+        return len(self.ex.segments) - 1
+
+    def pairs(self, contexts: list[tuple[int, BlockMask]], target: int, blocks_from=None) -> None:
+        """Each context predicts the target's blocks: its own mask's targets, or those of
+        `blocks_from` (the target item's own masks, for cross-modal pairs)."""
+        for i, (seg, bm) in enumerate(contexts):
+            blocks = (blocks_from[i % len(blocks_from)][1] if blocks_from else bm).targets
+            self.ex.pairs += [Pair(seg, target, t) for t in blocks]
+
+
+def add_copies(b: Builder, item: Item) -> None:
+    idx = b.item(item)
+    ctx = b.contexts(idx)
+    b.pairs(ctx, b.target(idx))
+
+
+def add_audio_video(b: Builder, video: np.ndarray, audio: np.ndarray) -> None:
+    d = b.spec.data
+    v = b.item(make_item("video", video, d))
+    a = b.item(make_item("audio", audio, d, anchor=v if d.av_positions == "shared_time" else None))
+    if d.av_variant == 1:
+        vc = b.contexts(v)
+        b.pairs(vc, b.target(v))
+        ac = b.contexts(a)
+        b.pairs(ac, b.target(a))
+        return
+    vc, ac = b.contexts(v), b.contexts(a)
+    vt, at = b.target(v), b.target(a)
+    b.pairs(ac, vt, blocks_from=vc)  # audio context -> video target, at the video's target blocks
+    b.pairs(vc, at, blocks_from=ac)  # video context -> audio target
+    if d.within_pairs:
+        b.pairs(vc, vt)
+        b.pairs(ac, at)
+
+
+# ----------------------------------------------------------------------------- training
 
 
 class Stream:
@@ -63,34 +155,43 @@ class Stream:
         rng = np.random.default_rng([s.train.seed, STREAM_TRAIN, step])
         m = s.masks
         scale = context_scale_at(m.context_schedule, m.context_scale, step, s.train.steps, m.schedule_span, rng)
-        return collate([self.example(rng, scale) for _ in range(s.data.batch_size)], s.masks.share_positions)
+        return collate([self.example(rng, scale) for _ in range(s.data.batch_size)], m.share_positions)
 
     def example(self, rng: np.random.Generator, scale) -> Example:
         d = self.spec.data
-        n_images = 2 if rng.random() < d.pair_ratio else 1
+        n_items = 2 if rng.random() < d.pair_ratio else 1
         with_text = rng.random() < d.text_ratio
-        draw = self.source.draw(rng, n_images)
-        ex = Example(segments=[text_segment([tok.BOS, tok.IMAGE_START])])
-        for i in range(n_images):
+        draw = self.source.draw(rng, n_items)
+        b = Builder(self.spec, rng, scale)
+        first = "image" if d.modality == "image" else "video"
+        b.text([tok.BOS, OPEN[first]])
+        for i in range(n_items):
             if i:
-                ex.segments.append(text_segment([tok.IMAGE_END, tok.IMAGE_START]))
-            add_item(ex, image_item(draw.images[i], d.grid), rng, self.spec, scale)
+                b.text([CLOSE[first], OPEN[first]])
+            if d.modality == "audio_video":
+                add_audio_video(b, draw.media["video"][i], draw.media["audio"][i])
+            else:
+                add_copies(b, make_item(first, draw.media[first][i], d))
         text = None
         if with_text:
             if d.text_relevance == "unrelated":
                 from llmjepa.data.text import unrelated_text
 
                 text = unrelated_text(rng)
-            elif n_images == 2:
+            elif n_items == 2:
                 text = self.source.compare(draw.scenes[0], draw.scenes[1], rng)
             else:
                 text = self.source.related(draw.scenes[0], rng, d.text_kind)
-        ex.segments.append(text_tail(text, [tok.IMAGE_END]))
-        return ex
+        last = "audio" if d.modality == "audio_video" else first
+        b.ex.segments.append(text_tail(text, [CLOSE[last]]))
+        return b.ex
+
+
+# ----------------------------------------------------------------------------- evaluation
 
 
 class ProbeSet:
-    """The fixed held-out images, their labels and texts, the same for every run of a data spec."""
+    """The fixed held-out items, their labels and texts, the same for every run of a data spec."""
 
     def __init__(self, spec: ExperimentSpec):
         self.spec = spec
@@ -105,21 +206,55 @@ class ProbeSet:
         self.test = np.arange(e.probe_train, n)
         self.collapse = self.test[: e.collapse_size]
         self.text = self.test[: e.text_size]
+        self.modalities = list(self.draw.media)  # primary modality first
 
-    def item_batch(self, idx: np.ndarray, with_text: bool = True, shuffle: np.ndarray | None = None) -> Batch:
-        """`[bos <image>] [tgt] [</image> text <eos>]` for images idx (images taken from
-        `shuffle` instead, text kept, when given: the image-use control)."""
-        g = self.spec.data.grid
-        images = idx if shuffle is None else shuffle
+    def item_batch(
+        self,
+        idx: np.ndarray,
+        with_text: bool = True,
+        shuffle: np.ndarray | None = None,
+        modalities: list[str] | None = None,
+        keep: float = 1.0,
+        seed: int = 0,
+    ) -> Batch:
+        """`[bos <m>] [tgt of each modality] [</m> text <eos>]` for items idx: target copies only.
+        `shuffle` takes the media from other items (text kept: the image-use control);
+        `modalities` restricts which media appear (audio alone, video without audio); `keep` < 1
+        shows only a random block of that fraction of each item's patches (partial items)."""
+        d = self.spec.data
+        mods = modalities or self.modalities
+        media = idx if shuffle is None else shuffle
+        rng = np.random.default_rng([seed, 7])
         exs = []
-        for i, j in zip(idx, images):
-            ex = Example(segments=[text_segment([tok.BOS, tok.IMAGE_START])])
-            add_item(ex, image_item(self.draw.images[j], g), None, self.spec, None, with_contexts=False)
-            ex.segments.append(text_tail(self.texts[i] if with_text else None, [tok.IMAGE_END]))
-            exs.append(ex)
+        for i, j in zip(idx, media):
+            b = Builder(self.spec, rng, None)
+            b.text([tok.BOS, OPEN[mods[0]]])
+            anchor = None
+            for m in mods:
+                item = make_item(m, self.draw.media[m][j], d, anchor if m == "audio" else None)
+                k = b.item(item)
+                if m == "video" and d.av_positions == "shared_time":
+                    anchor = k
+                b.target(k, None if keep >= 1 else partial(item, d, keep, rng))
+            b.ex.segments.append(text_tail(self.texts[i] if with_text else None, [CLOSE[mods[-1]]]))
+            exs.append(b.ex)
         return collate(exs)
 
     def caption_batch(self, idx: np.ndarray) -> Batch:
         """`[bos caption <eos>]` text-only sequences for retrieval."""
         exs = [Example(segments=[text_tail(self.captions[i], [tok.BOS])]) for i in idx]
         return collate(exs)
+
+
+def partial(item: Item, d: DataSpec, keep: float, rng) -> np.ndarray:
+    """Patch indices of one square-ish block covering about `keep` of the item (through every
+    tubelet for video): a partial view, as a context copy is during training."""
+    rows, cols = (d.audio_grid if item.modality == AUDIO else (d.grid, d.grid))
+    block = place_block(rng, rows, cols, *block_shape(rng, rows, cols, (keep, keep), (1.0, 1.0)))
+    idx = np.flatnonzero(block)
+    if item.modality == VIDEO:
+        idx = (np.arange(d.frames // 2)[:, None] * rows * cols + idx[None, :]).ravel()
+    return idx
+
+
+__all__ = ["Stream", "ProbeSet", "make_item", "sample_mask", "text_tail", "MODALITIES"]

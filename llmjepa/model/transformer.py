@@ -1,7 +1,8 @@
 """The compact multimodal transformer: one pass over text, context copies and target copies.
 
 Design choices:
-- text tokens embed by lookup, media patches by a linear patchifier per modality (kernel = stride);
+- text tokens embed by lookup, media patches by a linear patchifier per modality (kernel = stride;
+  video as tubelets of 2 frames, audio as time x mel patches of a log-mel spectrogram);
 - RoPE over the logical 1-D positions (context copies reuse their patches' positions), plus
   additive sin-cos embeddings of the media coordinates (t, y, x) and a modality embedding;
   there is deliberately no role embedding: a context must not be told from a target;
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 
 from llmjepa.data.layout import MODALITIES, TEXT_MOD, Batch
 from llmjepa.model.attention import dense_mask, flex_mask_mod
-from llmjepa.specs import ModelSpec
+from llmjepa.specs import DataSpec, ModelSpec
 
 
 def sincos(coords: torch.Tensor, dim: int, base: float = 100.0) -> torch.Tensor:
@@ -94,31 +95,47 @@ class Output:
 
 
 class PatchEmbed(nn.Module):
-    """Image (I, C, H, W) in [0, 1] -> (I, N, D) with a convolution whose kernel equals its stride.
+    """Media (I, C, ...) -> (I, N, D) with a convolution whose kernel equals its stride.
 
-    Pixels are centred and the kernel is fan-in scaled so that patch content, not the shared
-    position embedding, dominates the tokens at initialisation (otherwise every image pools to
-    nearly the same vector and RankMe starts near 1)."""
+    image (I, 3, H, W): Conv2d p x p; video (I, 3, T, H, W): Conv3d 2 x p x p (tubelets, any even
+    T); audio log-mel (I, 1, F, T): Conv2d over (time, mel) after moving time first, so patches
+    are (time, mel) row-major. Pixels are centred and kernels fan-in scaled so that content, not
+    the shared position embedding, dominates the tokens at initialisation (otherwise every item
+    pools to nearly the same vector and RankMe starts near 1). Log-mels arrive normalised."""
 
-    def __init__(self, channels: int, patch: int, dim: int):
+    def __init__(self, modality: str, dim: int, patch: int, channels: int = 3, mel_patch: int = 4, time_patch: int = 4):
         super().__init__()
-        self.conv = nn.Conv2d(channels, dim, kernel_size=patch, stride=patch)
+        self.modality = modality
+        if modality == "image":
+            self.conv = nn.Conv2d(channels, dim, kernel_size=patch, stride=patch)
+        elif modality == "video":
+            self.conv = nn.Conv3d(channels, dim, kernel_size=(2, patch, patch), stride=(2, patch, patch))
+        else:
+            self.conv = nn.Conv2d(1, dim, kernel_size=(time_patch, mel_patch), stride=(time_patch, mel_patch))
 
     def reset(self) -> None:
         nn.init.normal_(self.conv.weight, std=self.conv.weight[0].numel() ** -0.5)
         nn.init.zeros_(self.conv.bias)
 
     def forward(self, x):
-        return self.conv((x - 0.5) / 0.25).flatten(2).transpose(1, 2)  # (I, N, D)
+        if self.modality == "audio":
+            x = x.transpose(2, 3)  # (I, 1, T, F)
+        else:
+            x = (x - 0.5) / 0.25
+        return self.conv(x).flatten(2).transpose(1, 2)  # (I, N, D)
 
 
 class Transformer(nn.Module):
-    def __init__(self, spec: ModelSpec, vocab_size: int, patch_size: int, channels: int = 3):
+    def __init__(self, spec: ModelSpec, vocab_size: int, data: DataSpec):
         super().__init__()
         self.spec = spec
         D = spec.dim
         self.tok_emb = nn.Embedding(vocab_size, D)
-        self.patch_embed = nn.ModuleDict({"image": PatchEmbed(channels, patch_size, D)})
+        mods = {"image": ["image"], "video": ["video"], "audio_video": ["video", "audio"]}[data.modality]
+        self.patch_embed = nn.ModuleDict({
+            m: PatchEmbed(m, D, data.patch_size, mel_patch=data.mel_patch, time_patch=2 * data.spec_per_frame)
+            for m in mods
+        })
         self.mod_emb = nn.Embedding(len(MODALITIES), D)
         self.blocks = nn.ModuleList(Block(D, spec.heads, spec.mlp_ratio) for _ in range(spec.depth))
         self.ln_f = nn.LayerNorm(D)
@@ -133,7 +150,8 @@ class Transformer(nn.Module):
         for name, data in batch.media.items():
             patches = self.patch_embed[name](data).flatten(0, 1)  # (I * N, D)
             sel = batch.modality == MODALITIES.index(name)  # (B, L)
-            x = torch.where(sel[..., None], patches[batch.media_index.clamp(min=0)], x)
+            index = torch.where(sel, batch.media_index, 0)  # other tokens index other tables
+            x = torch.where(sel[..., None], patches[index], x)
         x = x + self.mod_emb(batch.modality)
         return x + sincos(batch.coords, x.shape[-1]) * is_media[..., None]
 
