@@ -6,6 +6,7 @@ import os
 import shutil
 
 import pytest
+import torch
 
 REQUIRE_ALL = os.environ.get("LLMJEPA_REQUIRE_ALL") == "1"  # set by .ci/run: nothing may skip
 
@@ -24,3 +25,12 @@ def require_tool(name: str) -> None:
         if REQUIRE_ALL:
             pytest.fail(f"{name} is missing but LLMJEPA_REQUIRE_ALL=1")
         pytest.skip(f"{name} is not installed")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """The tests' tensors are tiny: a second thread only contends with whatever else runs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

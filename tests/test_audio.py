@@ -20,15 +20,6 @@ from llmjepa.data.world import COLORS, SHAPES, SIZES, Obj, sample_scene
 KINDS = ("left", "right", "top", "bottom", "object")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These tensors are tiny: extra threads only contend with whatever else the machine runs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @dataclass(frozen=True)
 class Clip:
     """Stand-in for a video clip: only the fields audio reads, plus positions."""

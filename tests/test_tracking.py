@@ -8,7 +8,6 @@ import math
 import multiprocessing as mp
 import shutil
 import sqlite3
-from pathlib import Path
 
 import matplotlib
 
