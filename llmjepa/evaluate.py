@@ -55,11 +55,14 @@ def raw_patches(media: np.ndarray, modality: str, d: DataSpec) -> torch.Tensor:
     return x.reshape(N, (Ts // tp) * (Fm // fp), -1)
 
 
-def example_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(B, L, V), (B, L) -> (B,) mean next-token CE per example over its text-loss tokens."""
+def example_ce(logits: torch.Tensor, targets: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
+    """(B, L, V), (B, L), (B, L) -> (B, 2): mean next-token CE per example over all its text
+    tokens, and over its answer bytes only (NaN without an answer)."""
     ce = F.cross_entropy(logits.transpose(1, 2).float(), targets, ignore_index=IGNORE, reduction="none")  # (B, L)
-    n = (targets != IGNORE).sum(1).clamp(min=1)
-    return ce.sum(1) / n
+    text = ce.sum(1) / (targets != IGNORE).sum(1).clamp(min=1)
+    n_ans = answer.sum(1)
+    ans = (ce * answer).sum(1) / n_ans.clamp(min=1)
+    return torch.stack([text, torch.where(n_ans > 0, ans, torch.nan)], dim=1)
 
 
 class Evaluator:
@@ -77,7 +80,8 @@ class Evaluator:
     @torch.no_grad()
     def _run(self, model, idx, with_text=False, shuffle=None, modalities=None, patches=False, keep=1.0):
         """Mean-pooled target states {(modality, layer name): (N, D)}, last-layer patch tokens
-        {modality: (N, T, D)} and per-example text CE (N,) for the probe items idx."""
+        {modality: (N, T, D)} and per-example text CE (N, 2: all text, answers only) for the
+        probe items idx."""
         mods = modalities or self.mods
         layers = list(self.layers.items()) + [("target", self.target_layer)]
         pooled = {(m, name): [] for m in mods for name, _ in layers}
@@ -99,7 +103,7 @@ class Evaluator:
                     h = out.hidden[-1]
                     tokens[m].append(h[sel].view(sel.shape[0], -1, h.shape[-1]).float().cpu())
             if with_text:
-                ces.append(example_ce(out.logits, batch.targets).cpu())
+                ces.append(example_ce(out.logits, batch.targets, batch.answer).cpu())
         return (
             {k: torch.cat(v) for k, v in pooled.items()},
             {m: torch.cat(v) for m, v in tokens.items()} if patches else {},
@@ -188,23 +192,27 @@ class Evaluator:
                 V, A = states["video"][("video", name)][ntr:], states["audio"][("audio", name)][ntr:]
                 out[f"align/r1/video-audio/{name}"] = metrics.retrieval_recall(V, A)["r1"]
                 out[f"align/mknn/video-audio/{name}"] = metrics.mutual_knn(V, A, e.knn)
-        right, wrong = ce.mean().item(), ce_shuffled.mean().item()
+        right, wrong = ce[:, 0].mean().item(), ce_shuffled[:, 0].mean().item()
         out["text/ce/caption"] = right
         out["text/ce/caption_shuffled"] = wrong
         out["text/media_use_gap"] = wrong - right
         if m0 == "image":
             out["text/image_use_gap"] = wrong - right
+        # the same on answer bytes alone: templates dilute the gap over the whole text
+        out["text/ce/answer"] = ce[:, 1].nanmean().item()
+        out["text/answer_use_gap"] = (ce_shuffled[:, 1] - ce[:, 1]).nanmean().item()
         if "audio" in self.mods:
             _, _, ce_silent = self._run(model, p.text, with_text=True, modalities=["video"])
-            out["text/ce/caption_without_audio"] = ce_silent.mean().item()
-            out["text/audio_use_gap"] = ce_silent.mean().item() - right
+            out["text/ce/caption_without_audio"] = ce_silent[:, 0].mean().item()
+            out["text/audio_use_gap"] = ce_silent[:, 0].mean().item() - right
+            out["text/answer_audio_use_gap"] = (ce_silent[:, 1] - ce[:, 1]).nanmean().item()
         for keep in e.partial:  # dynamic compute: the same model shown part of each item
             pooled, _, _ = self._run(model, everything, modalities=[m0], keep=keep)
             tag = f"@{keep:g}"
             acc = self._probes(pooled, {}, ntr, m0, suffix=tag)
             out[f"dyn/probe_acc/{m0}{tag}"] = acc[f"probe/acc/mean/{m0}/{self.last}{tag}"]
             _, _, ce_k = self._run(model, p.text, with_text=True, modalities=self.mods, keep=keep)
-            out[f"dyn/text_ce/{m0}{tag}"] = ce_k.mean().item()
+            out[f"dyn/text_ce/{m0}{tag}"] = ce_k[:, 0].mean().item()
         model.train(was_training)
         out.update(self.pixel_baselines())
         out["time/eval_full_s"] = time.perf_counter() - t0

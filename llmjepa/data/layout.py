@@ -48,6 +48,7 @@ class Segment:
     modality: int = TEXT_MOD
     tokens: np.ndarray | None = None  # text: (n,) token ids
     loss: np.ndarray | None = None  # text: (n,) bool, token i is trained to predict token i + 1
+    answer: np.ndarray | None = None  # text: (n,) bool, token i + 1 belongs to an answer (scored apart)
     item: int = -1  # media: index into Example.items
     patches: np.ndarray | None = None  # media: patch indices this copy holds (all for a target)
 
@@ -66,10 +67,11 @@ class Example:
     items: list[Item] = field(default_factory=list)
 
 
-def text_segment(tokens, loss=None) -> Segment:
+def text_segment(tokens, loss=None, answer=None) -> Segment:
     tokens = np.asarray(tokens, dtype=np.int64)
     loss = np.zeros(len(tokens), bool) if loss is None else np.asarray(loss, bool)
-    return Segment(TEXT, TEXT_MOD, tokens=tokens, loss=loss)
+    answer = np.zeros(len(tokens), bool) if answer is None else np.asarray(answer, bool)
+    return Segment(TEXT, TEXT_MOD, tokens=tokens, loss=loss, answer=answer)
 
 
 def media_segment(role: int, item: int, items: list[Item], patches=None) -> Segment:
@@ -84,6 +86,7 @@ class Batch:
 
     tokens: torch.Tensor  # (B, L) text token ids (0 for media and pad)
     targets: torch.Tensor  # (B, L) next-token targets, IGNORE where no text loss
+    answer: torch.Tensor  # (B, L) bool, the target is a byte of an answer ("q: ... a: <answer>")
     segment: torch.Tensor  # (B, L) segment ordinal within the example; pads come last
     role: torch.Tensor  # (B, L) TEXT / CONTEXT / TARGET / PAD
     modality: torch.Tensor  # (B, L) index into MODALITIES
@@ -145,6 +148,7 @@ def collate(examples: list[Example], share_positions: bool = True) -> Batch:
     L = max(lengths)
     tokens = np.zeros((B, L), np.int64)
     targets = np.full((B, L), IGNORE, np.int64)
+    answer = np.zeros((B, L), bool)
     segment = np.zeros((B, L), np.int64)
     role = np.full((B, L), PAD, np.int64)
     modality = np.zeros((B, L), np.int64)
@@ -174,6 +178,7 @@ def collate(examples: list[Example], share_positions: bool = True) -> Batch:
                 tokens[b, sl] = seg.tokens
                 nxt = np.append(seg.tokens[1:], IGNORE)
                 targets[b, sl] = np.where(seg.loss, nxt, IGNORE)
+                answer[b, sl] = seg.answer & seg.loss
             else:
                 it = ex.items[seg.item]
                 coords[b, sl] = it.coords[seg.patches]
@@ -202,7 +207,7 @@ def collate(examples: list[Example], share_positions: bool = True) -> Batch:
     pair_tgt, pair_tgt_mask = pad(pairs_tgt)
     t = torch.from_numpy
     return Batch(
-        tokens=t(tokens), targets=t(targets), segment=t(segment), role=t(role), modality=t(modality),
+        tokens=t(tokens), targets=t(targets), answer=t(answer), segment=t(segment), role=t(role), modality=t(modality),
         position=t(position), coords=t(coords), media_index=t(media_index), item=t(item),
         pair_ctx=pair_ctx, pair_ctx_mask=pair_ctx_mask, pair_tgt=pair_tgt, pair_tgt_mask=pair_tgt_mask,
         pair_modality=torch.tensor(pairs_mod, dtype=torch.long),

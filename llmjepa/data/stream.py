@@ -23,6 +23,7 @@ from llmjepa.data.layout import (
 )
 from llmjepa.data.masks import BlockMask, block_shape, context_scale_at, multiblock, place_block
 from llmjepa.data.sources import make_source
+from llmjepa.data.text import answer_span
 from llmjepa.specs import DataSpec, ExperimentSpec
 
 STREAM_TRAIN, STREAM_EVAL = 0, 1  # separate seed streams for training and held-out data
@@ -77,7 +78,11 @@ def text_tail(text: str | None, prefix: list[int]) -> Segment:
     loss = np.ones(len(ids), bool)
     loss[: len(prefix) - 1] = False  # the prefix before its last token predicts nothing of the text
     loss[-1] = False
-    return text_segment(ids, loss)
+    answer = np.zeros(len(ids), bool)
+    start = answer_span(text)
+    if start >= 0:  # positions whose next token is an answer byte (not the <eos>)
+        answer[len(prefix) - 1 + start : len(ids) - 2] = True
+    return text_segment(ids, loss, answer)
 
 
 class Builder:
