@@ -92,7 +92,7 @@ def dedupe_runs(runs: pd.DataFrame) -> pd.DataFrame:
     if runs.empty:
         return runs
     finished = runs["mlflow_status"].eq("FINISHED")
-    ranked = runs.assign(
+    ranked = runs.copy().assign(  # copy: one block, not the many columns added one by one
         _finished=finished,
         _end=pd.to_datetime(runs["end_time"], utc=True).where(finished),
         _start=pd.to_datetime(runs["start_time"], utc=True),
