@@ -18,12 +18,12 @@ import numpy as np
 
 from llmjepa.data import tokenizer as tok
 from llmjepa.data.layout import (
-    AUDIO, CONTEXT, IMAGE, MODALITIES, TARGET, VIDEO, Batch, Example, Item, Pair, Segment, collate, grid_coords,
+    AUDIO, CONTEXT, IMAGE, TARGET, VIDEO, Batch, Example, Item, Pair, Segment, collate, grid_coords,
     media_segment, text_segment,
 )
 from llmjepa.data.masks import BlockMask, block_shape, context_scale_at, multiblock, place_block
 from llmjepa.data.sources import make_source
-from llmjepa.data.text import answer_span
+from llmjepa.data.text import answer_span, unrelated_text
 from llmjepa.specs import DataSpec, ExperimentSpec
 
 STREAM_TRAIN, STREAM_EVAL = 0, 1  # separate seed streams for training and held-out data
@@ -180,8 +180,6 @@ class Stream:
         text = None
         if with_text:
             if d.text_relevance == "unrelated":
-                from llmjepa.data.text import unrelated_text
-
                 text = unrelated_text(rng)
             elif n_items == 2:
                 text = self.source.compare(draw.scenes[0], draw.scenes[1], rng)
@@ -260,6 +258,3 @@ def partial(item: Item, d: DataSpec, keep: float, rng) -> np.ndarray:
     if item.modality == VIDEO:
         idx = (np.arange(d.frames // 2)[:, None] * rows * cols + idx[None, :]).ravel()
     return idx
-
-
-__all__ = ["Stream", "ProbeSet", "make_item", "sample_mask", "text_tail", "MODALITIES"]
