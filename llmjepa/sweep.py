@@ -388,8 +388,8 @@ def stop_workers(procs: list[subprocess.Popen], timeout: float = 60) -> None:
 # ----------------------------------------------------------------------------- the worker
 
 
-class Stop(Exception):
-    """SIGTERM: finish nothing more, leave the study resumable."""
+class Stop(KeyboardInterrupt):
+    """SIGTERM: finish nothing more, leave the study resumable (the run ends KILLED)."""
 
 
 def _heartbeat(storage, trial_id: int, stop: threading.Event) -> None:
@@ -520,6 +520,11 @@ def launch(p: Plan, setup: Setup, workers: int, storage_url: str, tracking_uri: 
     study = setup.study
     tracking_uri = tracking.absolute_uri(tracking_uri)
     log_dir = Path("runs") / "logs" / p.study_name
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)  # SIGTERM stops as cleanly as Ctrl-C
     procs = start_workers(p, workers, storage_url, tracking_uri, log_dir)
     dead: set[int] = set()
     try:

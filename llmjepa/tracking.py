@@ -248,7 +248,8 @@ def _enable_wal(db_file: Path) -> None:
 
 def prepare(uri: str, experiment_name: str, artifact_root: str | Path) -> str:
     """Create the store (migrations), switch SQLite to WAL, and get-or-create the
-    experiment with artifacts under ``artifact_root/<experiment_name>``.
+    experiment with artifacts under ``artifact_root/<experiment_name>`` (a tracking server
+    keeps its own artifact store instead).
 
     Call once from the launcher before any worker starts; returns the experiment id.
     """
@@ -260,10 +261,13 @@ def prepare(uri: str, experiment_name: str, artifact_root: str | Path) -> str:
     if db_file is not None:
         _enable_wal(db_file)
     if experiment is None:
-        location = (Path(artifact_root) / experiment_name).resolve()
-        location.mkdir(parents=True, exist_ok=True)
+        location = None
+        if not uri.startswith(("http://", "https://")):  # a server stores artifacts where it was told to
+            path = (Path(artifact_root) / experiment_name).resolve()
+            path.mkdir(parents=True, exist_ok=True)
+            location = path.as_uri()
         try:
-            return client.create_experiment(experiment_name, artifact_location=location.as_uri())
+            return client.create_experiment(experiment_name, artifact_location=location)
         except MlflowException:  # created meanwhile by someone else
             experiment = client.get_experiment_by_name(experiment_name)
             if experiment is None:

@@ -181,3 +181,71 @@ def test_every_shipped_sweep_resolves_under_each_budget():
             p = sw.plan(str(path), budget)
             assert p.trials > 0 and p.cells
             assert len({json.dumps(c, sort_keys=True) for c in p.cells}) == len(p.cells)
+
+
+def test_sigterm_stops_cleanly_and_the_rerun_completes(tmp_path):
+    storage, uri = stores(tmp_path)
+    args = ("sweep", str(TINY), "--budget", "slow", "--workers", "1", "--storage", storage, "--tracking-uri", uri,
+            "--no-report")
+    launcher = start_cli(*args, cwd=tmp_path)
+    victim = wait_for_running_trial(storage)
+    launcher.send_signal(signal.SIGTERM)
+    out, _ = launcher.communicate(timeout=120)
+    assert launcher.returncode == 130, out
+    assert "run the same command to resume" in out
+    study = study_of("slow", storage)
+    t = study.trials[victim.number]
+    assert t.state == TrialState.FAIL and t.user_attrs["reason"] == "interrupted"
+    assert tracking.get_run(uri, victim.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    assert not study.get_trials(states=(TrialState.RUNNING,)), "a worker outlived the launcher"
+    r = cli(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert_complete_once(study_of("slow", storage), sw.plan(str(TINY), "slow"), uri)
+
+
+def test_tpe_sweep_prunes_collapsed_trials(tmp_path):
+    tpe = Path(__file__).parent / "data" / "tiny-tpe.yaml"
+    storage, uri = stores(tmp_path)
+    r = cli("sweep", str(tpe), "--workers", "1", "--storage", storage, "--tracking-uri", uri, "--no-report",
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    study = sw.load_study(sw.plan(str(tpe), "quick"), storage)
+    assert [t.state for t in study.trials] == [TrialState.PRUNED] * 3
+    assert len({t.params["train.lr"] for t in study.trials}) == 3  # the sampler proposed each trial
+    runs = tracking.find_runs(uri, study.user_attrs["mlflow_experiment_id"])
+    children = runs[runs["tags.mlflow.parentRunId"] == study.user_attrs["mlflow_parent_run_id"]]
+    assert sorted(children["status"]) == ["KILLED"] * 3
+    assert all("collapsed at step" in reason for reason in children["tags.llmjepa.reason"])
+
+
+def test_sweep_through_an_mlflow_server_with_a_postgresql_backend(tmp_path, pg_url):
+    if pg_url is None:
+        pytest.skip("needs LLMJEPA_TEST_PG (a PostgreSQL server); .ci/run starts one")
+    import socket
+
+    storage, backend = stores(tmp_path, pg_url)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--host", "127.0.0.1",
+         "--port", str(port), "--artifacts-destination", str(tmp_path / "served-artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                tracking.find_experiment(uri, "Default")
+                break
+            except Exception:
+                time.sleep(1)
+        r = cli("sweep", str(TINY), "--workers", "2", "--storage", storage, "--tracking-uri", uri, cwd=tmp_path)
+        assert r.returncode == 0, r.stdout + r.stderr
+        study = study_of("quick", storage)
+        assert_complete_once(study, sw.plan(str(TINY), "quick"), uri)
+        assert any((tmp_path / "served-artifacts").rglob("tiny-sweep.pdf")), "the report went to the server"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
