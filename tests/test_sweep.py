@@ -249,3 +249,51 @@ def test_sweep_through_an_mlflow_server_with_a_postgresql_backend(tmp_path, pg_u
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)
+
+
+def test_diverged_trials_are_recorded_and_the_sweep_goes_on(tmp_path):
+    storage, uri = stores(tmp_path)
+    r = cli("sweep", str(TINY), "--budget", "diverge", "--storage", storage, "--tracking-uri", uri, "--no-report",
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "diverged 2" in r.stdout
+    study = study_of("diverge", storage)
+    assert [t.user_attrs["status"] for t in study.trials] == ["diverged", "diverged"]
+    assert all("non-finite" in t.user_attrs["reason"] for t in study.trials)
+    runs = tracking.find_runs(uri, study.user_attrs["mlflow_experiment_id"])
+    children = runs[runs["tags.mlflow.parentRunId"] == study.user_attrs["mlflow_parent_run_id"]]
+    assert sorted(children["status"]) == ["FAILED", "FAILED"]
+    assert set(children["tags.llmjepa.status"]) == {"diverged"}
+    r = cli("status", str(TINY), "--budget", "diverge", "--storage", storage, cwd=tmp_path, check=True)
+    assert "done 2/2" in r.stdout and "diverged 2" in r.stdout
+
+
+@pytest.mark.parametrize("name", ["audio-variant", "shared-positions", "context-schedule", "collapse-vs-text-ratio"])
+def test_shipped_sweep_runs_end_to_end_on_a_tiny_budget_and_its_report_renders(tmp_path, name):
+    """The real sweep file with its base, axes and verdict, shrunk to seconds per trial."""
+    from conftest import require_tool
+
+    require_tool("pdftoppm")
+    import yaml
+
+    src = sw.find_sweep(name)
+    data = yaml.safe_load(src.read_text())
+    if data.get("base"):
+        data["base"] = str((src.parent / data["base"]).resolve())
+    tiny = yaml.safe_load(TINY.read_text())["set"]
+    data["budgets"] = {"tiny": {"seeds": [0], "set": {**tiny, "train": {**tiny["train"], "steps": 4}}}}
+    if name == "collapse-vs-text-ratio":  # a corner of its grid is enough here
+        data["budgets"]["tiny"]["axes"] = {"data.text_ratio": [0.0, 1.0], "objective.target_mode": ["same_pass"],
+                                           "objective.jepa_weight": [1.0]}
+        data["budgets"]["tiny"]["extra_cells"] = []
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    storage, uri = stores(tmp_path)
+    r = cli("sweep", str(path), "--budget", "tiny", "--workers", "2", "--storage", storage, "--tracking-uri", uri,
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "verdict:" in r.stdout
+    pdf = tmp_path / "reports" / f"{name}.pdf"
+    pages = subprocess.run(["pdftoppm", "-png", "-r", "30", str(pdf), str(tmp_path / "page")], capture_output=True)
+    assert pages.returncode == 0, pages.stderr
+    assert len(list(tmp_path.glob("page*.png"))) >= 4
