@@ -78,7 +78,7 @@ class Evaluator:
 
     # ------------------------------------------------------------------ forward passes
     @torch.no_grad()
-    def _run(self, model, idx, with_text=False, shuffle=None, modalities=None, patches=False, keep=1.0):
+    def _run(self, model, idx, with_text=False, shuffle=None, modalities=None, patches=False, keep=1.0, resolution=1.0):
         """Mean-pooled target states {(modality, layer name): (N, D)}, last-layer patch tokens
         {modality: (N, T, D)} and per-example text CE (N, 2: all text, answers only) for the
         probe items idx."""
@@ -91,7 +91,7 @@ class Evaluator:
         for start in range(0, len(idx), bs):
             sl = slice(start, start + bs)
             batch = self.probe.item_batch(idx[sl], with_text, None if shuffle is None else shuffle[sl], mods,
-                                          keep, seed=start).to(self.device)
+                                          keep, seed=start, resolution=resolution).to(self.device)
             out = model(batch, logits=with_text)
             for m in mods:
                 sel = (batch.role == TARGET) & (batch.modality == MODALITIES.index(m))  # (B, L)
@@ -206,12 +206,14 @@ class Evaluator:
             out["text/ce/caption_without_audio"] = ce_silent[:, 0].mean().item()
             out["text/audio_use_gap"] = ce_silent[:, 0].mean().item() - right
             out["text/answer_audio_use_gap"] = (ce_silent[:, 1] - ce[:, 1]).nanmean().item()
-        for keep in e.partial:  # dynamic compute: the same model shown part of each item
-            pooled, _, _ = self._run(model, everything, modalities=[m0], keep=keep)
-            tag = f"@{keep:g}"
+        # dynamic compute: the same model shown part of each item, or images at a lower resolution
+        views = [(f"@{k:g}", {"keep": k}) for k in e.partial]
+        views += [(f"@res{r:g}", {"resolution": r}) for r in (e.resolutions if m0 == "image" else [])]
+        for tag, view in views:
+            pooled, _, _ = self._run(model, everything, modalities=[m0], **view)
             acc = self._probes(pooled, {}, ntr, m0, suffix=tag)
             out[f"dyn/probe_acc/{m0}{tag}"] = acc[f"probe/acc/mean/{m0}/{self.last}{tag}"]
-            _, _, ce_k = self._run(model, p.text, with_text=True, modalities=self.mods, keep=keep)
+            _, _, ce_k = self._run(model, p.text, with_text=True, modalities=self.mods, **view)
             out[f"dyn/text_ce/{m0}{tag}"] = ce_k[:, 0].mean().item()
         model.train(was_training)
         out.update(self.pixel_baselines())

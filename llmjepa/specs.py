@@ -215,7 +215,13 @@ class EvalSpec(Spec):
         "on partial items, the inference side of dynamic compute. Empty: off.",
     )
 
-    @field_validator("partial")
+    resolutions: list[float] = Field(
+        default_factory=list,
+        description="Image resolutions shown at evaluation as a fraction of the side (e.g. [0.5]: 2x2 average "
+        "pooling, a quarter of the tokens, coordinates kept on the full grid): probes and text CE. Empty: off.",
+    )
+
+    @field_validator("partial", "resolutions")
     @classmethod
     def _fractions(cls, v: list[float]) -> list[float]:
         if any(not 0 < f <= 1 for f in v):

@@ -127,3 +127,34 @@ def test_audio_alone_and_partial_items_in_probe_sequences():
     full = probe.item_batch(idx, with_text=False, modalities=["video"])
     n_half = int((half.role[0] == TARGET).sum())
     assert 0.3 * 64 <= n_half <= 0.7 * 64 and int((full.role[0] == TARGET).sum()) == 64
+
+
+def test_low_resolution_images_keep_full_grid_coordinates():
+    spec = tiny_spec()
+    probe = ProbeSet(spec)
+    half = probe.item_batch(np.arange(2), with_text=False, resolution=0.5)
+    assert tuple(half.media["image"].shape[1:]) == (3, 16, 16)
+    tgt = half.role[0] == TARGET
+    assert int(tgt.sum()) == 16
+    ys = sorted(set(half.coords[0, tgt, 1].tolist()))
+    assert ys == [0.5, 2.5, 4.5, 6.5]  # centres of the 2x2 full-resolution patches each one covers
+    model, _ = build(spec)
+    assert model(half).hidden[-1].shape[:2] == half.shape
+
+
+def test_cross_modal_pairs_predict_targets_of_another_grid():
+    spec = tiny_spec(*AV, "data.av_variant=2", "data.within_pairs=false")
+    model, predictor = build(spec)
+    batch = Stream(spec).batch(0)
+    pred = predictor(model(batch).hidden[-1], batch)
+    flat = batch.modality.flatten()
+    ctx_mod = flat[batch.pair_ctx[:, 0]]
+    assert (ctx_mod != batch.pair_modality).all()  # every pair crosses modalities
+    assert pred.shape == (*batch.pair_tgt.shape, spec.model.dim)
+    # audio contexts (a 4 x 4 time-mel grid) predict video blocks through all 4 tubelets of a
+    # 4 x 4 x 4 grid, with context and target sizes that differ
+    coords = batch.coords.reshape(-1, 3)
+    for row in (batch.pair_modality == VIDEO).nonzero().flatten():
+        tgt = batch.pair_tgt[row][batch.pair_tgt_mask[row]]
+        assert set(coords[tgt, 0].tolist()) == {0.0, 1.0, 2.0, 3.0}
+    assert (batch.pair_ctx_mask.sum(1) != batch.pair_tgt_mask.sum(1)).any()

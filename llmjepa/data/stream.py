@@ -219,11 +219,13 @@ class ProbeSet:
         modalities: list[str] | None = None,
         keep: float = 1.0,
         seed: int = 0,
+        resolution: float = 1.0,
     ) -> Batch:
         """`[bos <m>] [tgt of each modality] [</m> text <eos>]` for items idx: target copies only.
         `shuffle` takes the media from other items (text kept: the image-use control);
         `modalities` restricts which media appear (audio alone, video without audio); `keep` < 1
-        shows only a random block of that fraction of each item's patches (partial items)."""
+        shows only a random block of that fraction of each item's patches (partial items);
+        `resolution` < 1 shows images average-pooled to that fraction of their side."""
         d = self.spec.data
         mods = modalities or self.modalities
         media = idx if shuffle is None else shuffle
@@ -234,7 +236,10 @@ class ProbeSet:
             b.text([tok.BOS, OPEN[mods[0]]])
             anchor = None
             for m in mods:
-                item = make_item(m, self.draw.media[m][j], d, anchor if m == "audio" else None)
+                if m == "image" and resolution < 1:
+                    item = low_resolution(self.draw.media[m][j], d, resolution)
+                else:
+                    item = make_item(m, self.draw.media[m][j], d, anchor if m == "audio" else None)
                 k = b.item(item)
                 if m == "video" and d.av_positions == "shared_time":
                     anchor = k
@@ -258,3 +263,16 @@ def partial(item: Item, d: DataSpec, keep: float, rng) -> np.ndarray:
     if item.modality == VIDEO:
         idx = (np.arange(d.frames // 2)[:, None] * rows * cols + idx[None, :]).ravel()
     return idx
+
+
+def low_resolution(image: np.ndarray, d: DataSpec, resolution: float) -> Item:
+    """An image average-pooled by k = 1 / resolution: (g / k)^2 patches whose coordinates sit at
+    the centres of the full-resolution patches they cover, so positions stay comparable."""
+    k = round(1 / resolution)
+    C, S, _ = image.shape
+    if S % (k * d.patch_size):
+        raise ValueError(f"resolution {resolution} does not divide a {S}px image into {d.patch_size}px patches")
+    small = image.reshape(C, S // k, k, S // k, k).mean((2, 4))
+    g = S // k // d.patch_size
+    coords = grid_coords(g, g) * np.array([1, k, k], np.float32) + np.array([0, (k - 1) / 2, (k - 1) / 2], np.float32)
+    return Item(IMAGE, small.astype(np.float32), coords)
