@@ -9,18 +9,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from llmjepa.specs import ExperimentSpec  # noqa: E402
 
-PANELS = [
-    ("RankMe (uncentred)", "collapse/rankme/image/"),
-    ("effective rank (centred)", "collapse/erank/image/"),
-    ("std after LayerNorm", "collapse/ln_std_mean/image/"),
-    ("feature rms", "collapse/rms/image/"),
-    ("linear probe, mean accuracy", "probe/acc/mean/image/"),
-    ("image->caption R@1", "align/r1/image-text/"),
+PANELS = [  # one line per key under the prefix: modality/layer
+    ("RankMe (uncentred)", "collapse/rankme/"),
+    ("effective rank (centred)", "collapse/erank/"),
+    ("std after LayerNorm", "collapse/ln_std_mean/"),
+    ("feature rms", "collapse/rms/"),
+    ("linear probe, mean accuracy", "probe/acc/mean/"),
+    ("item->caption R@1", "align/r1/"),
 ]
 
 
 def training_curves(history: list[tuple[int, dict]], spec: ExperimentSpec):
-    """A 2x3 grid of evaluation metrics against the step, one line per layer."""
+    """A 2x3 grid of evaluation metrics against the step, one line per modality and layer."""
     fig, axes = plt.subplots(2, 3, figsize=(12, 6.5))
     for ax, (title, prefix) in zip(axes.flat, PANELS):
         layers = sorted({k[len(prefix):] for _, m in history for k in m if k.startswith(prefix)})
