@@ -7,6 +7,7 @@ Pure functions on torch tensors (usable from a notebook): `Z` is (N, D), patch t
 from __future__ import annotations
 
 import itertools
+import warnings
 import math
 from typing import Iterator, Sequence
 
@@ -335,5 +336,7 @@ def welch_t(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
     a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
     if a.size < 2 or b.size < 2:
         return float("nan"), float("nan")
-    res = scipy.stats.ttest_ind(a, b, equal_var=False)
+    with warnings.catch_warnings():  # near-identical samples: scipy warns, the p-value still stands
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = scipy.stats.ttest_ind(a, b, equal_var=False)
     return float(res.statistic), float(res.pvalue)
