@@ -207,8 +207,8 @@ class Evaluator:
             out["text/audio_use_gap"] = ce_silent[:, 0].mean().item() - right
             out["text/answer_audio_use_gap"] = (ce_silent[:, 1] - ce[:, 1]).nanmean().item()
         # dynamic compute: the same model shown part of each item, or images at a lower resolution
-        views = [(f"@{k:g}", {"keep": k}) for k in e.partial]
-        views += [(f"@res{r:g}", {"resolution": r}) for r in (e.resolutions if m0 == "image" else [])]
+        views = [(f"/keep{k:g}", {"keep": k}) for k in e.partial]  # MLflow names allow no "@"
+        views += [(f"/res{r:g}", {"resolution": r}) for r in (e.resolutions if m0 == "image" else [])]
         for tag, view in views:
             pooled, _, _ = self._run(model, everything, modalities=[m0], **view)
             acc = self._probes(pooled, {}, ntr, m0, suffix=tag)
