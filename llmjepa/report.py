@@ -355,14 +355,15 @@ def _verdict_page(book: _Book, sweep: SweepSpec, runs: pd.DataFrame) -> Verdict 
         header, body = _format_table(headers, rows, [False, False, True, True, True, True, True, False, True])
         f.table(header, body)
         f.space(0.2)
-    f.line(f"Did the text use the image? ({spec.gap_metric or 'no gap metric'} >= {spec.gap_min:g})",
+    media = "audio" if "audio" in (spec.gap_metric or "") else "image" if "image" in (spec.gap_metric or "") else "media"
+    f.line(f"Did the text use the {media}? ({spec.gap_metric or 'no gap metric'} >= {spec.gap_min:g})",
            size=11, weight="bold")
     use = image_use(runs, spec)
     if use.empty:
         f.paragraph("not recorded", size=9)
     else:
         rows = [[r.cell, str(r.n), fmt_num(r.gap), r.used] for r in use.itertuples()]
-        header, body = _format_table(["cell", "n", "mean gap", "text used the image"], rows,
+        header, body = _format_table(["cell", "n", "mean gap", f"text used the {media}"], rows,
                                      [False, True, True, False], {0: 100})
         f.table(header, body)
     return verdict
