@@ -170,8 +170,9 @@ def sweep(
     out.print(f"done {c.done}/{c.total}: diverged {c.diverged}, pruned {c.pruned}, failed attempts {c.failed}")
     if c.missing:
         out.print(f"[yellow]{len(c.missing)} cell(s) incomplete[/]; run the same command again to resume:")
+        reasons = sw.failure_reasons(setup.study)
         for m in c.missing[:20]:
-            out.print(f"  {m}")
+            out.print(f"  {m}" + (f": {reasons[m]}" if m in reasons else ""), highlight=False)
         raise typer.Exit(1)
     if report:
         _report(p, tracking_uri, None)
@@ -270,8 +271,9 @@ def status(
     c = sw.counts(study, p)
     out.print(f"{p.study_name}: done {c.done}/{c.total}, running {c.running}, waiting {c.waiting}, "
               f"diverged {c.diverged}, pruned {c.pruned}, failed attempts {c.failed}")
+    reasons = sw.failure_reasons(study)
     for m in c.missing:
-        out.print(f"  missing: {m}")
+        out.print(f"  missing: {m}" + (f" (last failure: {reasons[m]})" if m in reasons else ""), highlight=False)
 
 
 @app.command()

@@ -136,7 +136,9 @@ def plan(name: str, budget: str = "quick") -> Plan:
         if not base_path.is_file():
             base_path = ROOT / sweep.base if (ROOT / sweep.base).is_file() else base_path
         base_data, _ = specs.read_yaml(base_path)
-    flat_set = [f"{k}={json.dumps(v)}" for k, v in {**sweep.set, **b.set}.items()]
+    # nested sections merge field by field (`set: {data: {batch_size: 4}}` keeps the base's other data fields)
+    merged = {**specs.flatten(sweep.set), **specs.flatten(b.set)}
+    flat_set = [f"{k}={json.dumps(v)}" for k, v in merged.items()]
     base_data = specs.apply_overrides(base_data, flat_set)
     axes = b.axes if b.axes is not None else sweep.axes
     extra = b.extra_cells if b.extra_cells is not None else sweep.extra_cells
@@ -315,6 +317,15 @@ def counts(study: optuna.Study, p: Plan) -> Counts:
                   diverged, by(TrialState.PRUNED), p.trials, missing)
 
 
+def failure_reasons(study: optuna.Study) -> dict[str, str]:
+    """The latest recorded reason per (cell, seed) whose attempts failed (crashes, not divergence)."""
+    out = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if unit_of(t) is not None and t.user_attrs.get("status") != "diverged":
+            out[f"{t.user_attrs['cell']} seed {t.user_attrs['seed']}"] = t.user_attrs.get("reason", "no reason recorded")
+    return out
+
+
 # ----------------------------------------------------------------------------- launching
 
 
@@ -453,7 +464,8 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, p: Plan, tracking_uri: s
         else:
             values = [result.final.get(o.metric, float("nan")) for o in p.sweep.objectives]
             if any(math.isnan(v) for v in values):
-                trial.set_user_attr("reason", f"objective metric missing: {p.sweep.objectives}")
+                missing = [o.metric for o, v in zip(p.sweep.objectives, values) if math.isnan(v)]
+                trial.set_user_attr("reason", f"objective metric not recorded (or NaN): {', '.join(missing)}")
                 study.tell(trial, state=TrialState.FAIL)
                 return "failed"
             study.tell(trial, values)

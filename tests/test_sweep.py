@@ -280,7 +280,8 @@ def test_shipped_sweep_runs_end_to_end_on_a_tiny_budget_and_its_report_renders(t
     data = yaml.safe_load(src.read_text())
     if data.get("base"):
         data["base"] = str((src.parent / data["base"]).resolve())
-    tiny = yaml.safe_load(TINY.read_text())["set"]
+    tiny = yaml.safe_load(TINY.read_text())["set"]  # sections merge into the base's
+    tiny["model"]["depth"] = 4  # the sweeps' metrics name layer L4
     data["budgets"] = {"tiny": {"seeds": [0], "set": {**tiny, "train": {**tiny["train"], "steps": 4}}}}
     if name == "collapse-vs-text-ratio":  # a corner of its grid is enough here
         data["budgets"]["tiny"]["axes"] = {"data.text_ratio": [0.0, 1.0], "objective.target_mode": ["same_pass"],
