@@ -9,6 +9,8 @@ Workers on other machines join with the same storage and tracking URIs.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import itertools
 import json
@@ -494,6 +496,25 @@ def suggest(trial: optuna.Trial, p: Plan) -> dict[str, Any]:
     return out
 
 
+@contextlib.contextmanager
+def claim_lock(storage_url: str):
+    """Serialise taking a waiting trial among this machine's workers on a SQLite storage.
+
+    Optuna pops a waiting trial by reading its state and then writing RUNNING; PostgreSQL locks the
+    row (SELECT ... FOR UPDATE) but SQLite ignores that, and two workers were seen running one cell
+    twice. A file lock beside the database makes look-and-take atomic (SQLite means one machine)."""
+    if not storage_url.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(storage_url.removeprefix("sqlite:///")).resolve().with_suffix(".claim-lock")
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def work(p: Plan, storage_url: str, tracking_uri: str, threads: int = 0, max_trials: int | None = None) -> int:
     """The worker loop: take waiting trials (grid) or ask new ones (TPE) until none is left."""
     def on_term(signum, frame):
@@ -505,14 +526,15 @@ def work(p: Plan, storage_url: str, tracking_uri: str, threads: int = 0, max_tri
     n = 0
     try:
         while max_trials is None or n < max_trials:
-            if p.sweep.sampler == "grid":
-                if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            with claim_lock(storage_url):
+                if p.sweep.sampler == "grid":
+                    if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                        break
+                elif len(study.get_trials(deepcopy=False)) >= p.trials:
                     break
-            elif len(study.get_trials(deepcopy=False)) >= p.trials:
-                break
-            trial = study.ask()
+                trial = study.ask()
             if p.sweep.sampler == "grid" and "cell_json" not in trial.user_attrs:
-                # another worker took the last waiting trial between our look and our ask
+                # another machine's worker took the last waiting trial between our look and our ask
                 trial.set_user_attr("reason", "no waiting trial left")
                 study.tell(trial, state=TrialState.FAIL)
                 break
