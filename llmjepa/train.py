@@ -74,9 +74,9 @@ def lr_at(spec: ExperimentSpec, step: int) -> float:
     return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
 
-def grad_norm(params: list[torch.Tensor], grads) -> float:
-    sq = sum(float(g.pow(2).sum()) for g in grads if g is not None)
-    return math.sqrt(sq)
+def grad_norm(grads) -> float:
+    """Global L2 norm of a gradient list (None entries: parameters the term does not reach)."""
+    return math.sqrt(sum(float(g.pow(2).sum()) for g in grads if g is not None))
 
 
 def term_grad_norms(terms: dict[str, torch.Tensor], params: list[torch.Tensor]) -> dict[str, float]:
@@ -85,7 +85,7 @@ def term_grad_norms(terms: dict[str, torch.Tensor], params: list[torch.Tensor]) 
     for name, term in terms.items():
         if term.requires_grad:
             grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
-            out[f"grad/norm/{name}"] = grad_norm(params, grads)
+            out[f"grad/norm/{name}"] = grad_norm(grads)
     return out
 
 
