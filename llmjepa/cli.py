@@ -179,12 +179,9 @@ def sweep(
 
 
 def _dry_run(p, workers: int) -> None:
-    import time as _time
-
-    from llmjepa.data.stream import Stream
-    from llmjepa.train import build, make_optimizer
-    from llmjepa import objective
     from rich.table import Table
+
+    from llmjepa.bench import train_step_stats
 
     table = Table(title=f"{p.sweep.name} ({p.budget}): {len(p.cells)} cells x {len(p.seeds)} seeds")
     keys = list(p.cells[0]) if p.cells else []
@@ -195,22 +192,8 @@ def _dry_run(p, workers: int) -> None:
     if keys:
         out.print(table)
     spec = p.spec_for(p.cells[0], p.seeds[0])
-    import torch
-
     threads = max(1, (os.cpu_count() or 1) // workers)
-    torch.set_num_threads(threads)
-    model, pred = build(spec)
-    opt = make_optimizer(spec, [model, pred])
-    stream = Stream(spec)
-    times = []
-    for step in range(4):
-        t0 = _time.perf_counter()
-        loss = objective.compute(model, pred, stream.batch(step), spec.objective)
-        opt.zero_grad()
-        loss.total.backward()
-        opt.step()
-        times.append(_time.perf_counter() - t0)
-    step_s = sorted(times[1:])[len(times[1:]) // 2]
+    step_s = train_step_stats(spec, threads, steps=3)["step_ms"] / 1e3  # the first cell's step, timed here
     per_trial = spec.train.steps * step_s / 0.85  # evaluation kept near 15 % of a run
     total = per_trial * p.trials / workers
     out.print(f"trials {p.trials} (sampler {p.sweep.sampler}); {spec.train.steps} steps each at ~{step_s * 1e3:.0f} ms "
